@@ -1,0 +1,94 @@
+// CLoomLinux: the thin C shim under LoomSystem.
+//
+// Each function exists because Swift cannot call the thing directly or safely:
+// - splice/setns/accept4/pipe2 need _GNU_SOURCE, which Swift's Glibc import does not set;
+// - struct epoll_event is __attribute__((packed)) on x86_64, which Swift does not import
+//   faithfully, so events are read and written through accessors here;
+// - SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST live in netfilter headers Swift does not see.
+// C returns facts (a result and errno); Swift decides what they mean.
+#ifndef CLOOM_LINUX_H
+#define CLOOM_LINUX_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// MARK: - epoll
+
+/// Opaque array of kernel epoll events (packed on x86_64).
+typedef struct cloom_epoll_events cloom_epoll_events;
+
+/// Allocates room for `count` events; NULL on allocation failure.
+cloom_epoll_events *cloom_epoll_events_alloc(int count);
+void cloom_epoll_events_free(cloom_epoll_events *events);
+/// The event mask and user data of event `index` after `cloom_epoll_wait`.
+uint32_t cloom_epoll_event_mask(const cloom_epoll_events *events, int index);
+uint64_t cloom_epoll_event_data(const cloom_epoll_events *events, int index);
+
+int cloom_epoll_create(void);
+/// `op` is one of CLOOM_EPOLL_ADD/MOD/DEL; returns 0 or -1 with errno.
+int cloom_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+int cloom_epoll_wait(int epfd, cloom_epoll_events *events, int max, int timeout_ms);
+
+extern const int CLOOM_EPOLL_ADD, CLOOM_EPOLL_MOD, CLOOM_EPOLL_DEL;
+extern const uint32_t CLOOM_EPOLLIN, CLOOM_EPOLLOUT, CLOOM_EPOLLERR, CLOOM_EPOLLHUP,
+    CLOOM_EPOLLRDHUP, CLOOM_EPOLLET, CLOOM_EPOLLEXCLUSIVE;
+
+// MARK: - pipes and splice
+
+/// pipe2(O_NONBLOCK | O_CLOEXEC). Returns 0 or -1 with errno.
+int cloom_pipe(int fds[2]);
+/// F_SETPIPE_SZ; returns the size the kernel granted or -1 with errno.
+int cloom_pipe_set_size(int fd, int size);
+/// F_GETPIPE_SZ.
+int cloom_pipe_get_size(int fd);
+/// splice(fd_in, NULL, fd_out, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK [| SPLICE_F_MORE]).
+ssize_t cloom_splice(int fd_in, int fd_out, size_t len, int more);
+
+// MARK: - sockets
+
+/// socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+int cloom_tcp_socket(int family);
+/// accept4(SOCK_NONBLOCK | SOCK_CLOEXEC); peer address written to `addr`.
+int cloom_accept(int fd, struct sockaddr_storage *addr, socklen_t *len);
+int cloom_set_int_option(int fd, int level, int name, int value);
+int cloom_get_int_option(int fd, int level, int name, int *value);
+/// SO_LINGER {1, 0}: the next close() sends RST instead of FIN.
+int cloom_set_linger_zero(int fd);
+/// Original destination of a redirected connection: SO_ORIGINAL_DST (family AF_INET)
+/// or IP6T_SO_ORIGINAL_DST (AF_INET6). 0 or -1 with errno (ENOENT: no conntrack entry).
+int cloom_original_dst(int fd, int family, struct sockaddr_storage *addr, socklen_t *len);
+
+extern const int CLOOM_SOL_SOCKET, CLOOM_SO_REUSEADDR, CLOOM_SO_REUSEPORT, CLOOM_SO_MARK,
+    CLOOM_SO_ERROR, CLOOM_SO_RCVBUF, CLOOM_SO_SNDBUF, CLOOM_IPPROTO_TCP, CLOOM_TCP_NODELAY,
+    CLOOM_IPPROTO_IPV6, CLOOM_IPV6_V6ONLY, CLOOM_SHUT_WR, CLOOM_AF_INET, CLOOM_AF_INET6,
+    CLOOM_SOMAXCONN_DEFAULT;
+
+// MARK: - namespaces, limits, clocks
+
+/// setns(fd, CLONE_NEWNET) for the calling thread only.
+int cloom_setns_net(int fd);
+/// Monotonic coarse clock in milliseconds (cheap: vDSO, no syscall).
+int64_t cloom_now_ms(void);
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit.
+long cloom_raise_nofile_limit(void);
+/// Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1 in the calling thread (inherited by threads
+/// created after) and ignores SIGPIPE. Returns 0 or -1.
+int cloom_block_signals(void);
+/// Waits for one of the blocked signals; returns its number or -1.
+int cloom_wait_signal(void);
+/// Names the calling thread (15 characters at most), as top and ps show it.
+int cloom_set_thread_name(const char *name);
+/// The kernel thread id of the calling thread.
+int cloom_gettid(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

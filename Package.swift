@@ -1,0 +1,51 @@
+// swift-tools-version:6.0
+// Loom: a transparent proxy for service meshes. See README.md and ARCHITECTURE.md.
+import PackageDescription
+
+let package = Package(
+    name: "Loom",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "loomd", targets: ["loomd"]),
+        .executable(name: "loomctl", targets: ["loomctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+    ],
+    targets: [
+        // Only what Swift cannot call directly: _GNU_SOURCE calls, packed epoll_event,
+        // netfilter socket options. No decisions in C.
+        .target(name: "CLoomLinux", path: "CModules/CLoomLinux"),
+        // The only Swift target that calls Glibc/C: fds, errno, one syscall helper.
+        .target(name: "LoomSystem", dependencies: ["CLoomLinux"]),
+        // Event loops, connection state machines, splice relay, pipe pool.
+        .target(
+            name: "LoomRelay",
+            dependencies: ["LoomSystem", .product(name: "Logging", package: "swift-log")]
+        ),
+        // Wiring: daemon options, admin socket, signals.
+        .target(
+            name: "LoomDaemon",
+            dependencies: ["LoomRelay", "LoomSystem", .product(name: "Logging", package: "swift-log")]
+        ),
+        .executableTarget(
+            name: "loomd",
+            dependencies: [
+                "LoomDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "loomctl",
+            dependencies: [
+                "LoomDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "LoomRelayTests", dependencies: ["LoomRelay", "LoomSystem"]),
+        .testTarget(name: "LoomSystemTests", dependencies: ["LoomSystem"]),
+        .testTarget(name: "LoomDaemonTests", dependencies: ["LoomDaemon", "LoomRelay"]),
+    ]
+)

@@ -1,0 +1,65 @@
+// The admin API's status answer, rendered as one JSON object by hand (a few numbers;
+// Foundation's encoder would be the only reason to link Foundation into loomd).
+import LoomRelay
+
+/// What `loomctl status` shows.
+public struct StatusReport: Sendable {
+    public var netns: String?
+    public var config: RelayConfiguration
+    public var budget: ResourceBudget?
+    public var loops: [LoopCounters]
+    public var uptimeMs: Int64
+    public var pid: Int
+
+    public init(netns: String?, config: RelayConfiguration, budget: ResourceBudget?, loops: [LoopCounters], uptimeMs: Int64, pid: Int) {
+        self.netns = netns
+        self.config = config
+        self.budget = budget
+        self.loops = loops
+        self.uptimeMs = uptimeMs
+        self.pid = pid
+    }
+
+    /// One JSON object, keys in a fixed order.
+    public func json() -> String {
+        let t = loops.reduce(LoopCounters(), +)
+        var s = "{"
+        s += "\"pid\":\(pid),\"uptime_ms\":\(uptimeMs),"
+        s += "\"netns\":\(netns.map { "\"\(jsonEscape($0))\"" } ?? "null"),"
+        s += "\"loops\":\(loops.count),"
+        s += "\"listen_port\":\(config.outboundPort),\"mark\":\(config.socketMark),"
+        s += "\"connections\":{\"active\":\(t.active),\"accepted\":\(t.accepted),\"refused\":\(t.refused),"
+        s += "\"finished\":\(t.finished),\"failed\":\(t.failed),\"limit\":\(budget?.maxConnections ?? 0),"
+        s += "\"accept_paused\":\(t.acceptPaused)},"
+        s += "\"pipes\":{\"in_use\":\(t.pipesInUse),\"cached\":\(t.pipesCached),\"waiters\":\(t.pipeWaiters),"
+        s += "\"limit\":\(budget?.maxPipes ?? 0)},"
+        s += "\"bytes\":{\"client_to_upstream\":\(t.bytesOutbound),\"upstream_to_client\":\(t.bytesInbound)},"
+        s += "\"per_loop\":["
+        s += loops.enumerated().map { i, c in
+            "{\"loop\":\(i),\"active\":\(c.active),\"accepted\":\(c.accepted),\"pipes_in_use\":\(c.pipesInUse),\"pipes_cached\":\(c.pipesCached)}"
+        }.joined(separator: ",")
+        s += "]}"
+        return s
+    }
+}
+
+/// Escapes a string for a JSON string literal.
+public func jsonEscape(_ s: String) -> String {
+    var out = ""
+    for scalar in s.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        default:
+            if scalar.value < 0x20 {
+                out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+    }
+    return out
+}

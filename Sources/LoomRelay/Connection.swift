@@ -1,0 +1,60 @@
+// A relayed connection's resources: two sockets, up to two pipes, and its state machine.
+// Objects are recycled through the loop's slot table, so accepting a connection
+// allocates nothing once the table has grown.
+import LoomSystem
+
+/// Which socket of a connection an event is for.
+public enum Side: UInt64, Sendable {
+    case client = 0
+    case upstream = 1
+}
+
+/// One relayed connection, owned by exactly one relay loop.
+final class Connection {
+    /// Position in the loop's slot table.
+    let index: Int
+    /// Bumped each time the slot is reused, so stale epoll tokens are recognised.
+    var generation: UInt32 = 0
+    var inUse = false
+    /// Queued on the loop's ready list (work left after a fairness budget ran out).
+    var scheduled = false
+
+    var client = FileDescriptor(rawValue: -1)
+    var upstream = FileDescriptor(rawValue: -1)
+    /// Pipe for client -> upstream bytes, while bytes are in flight.
+    var outboundPipe: Pipe?
+    /// Pipe for upstream -> client bytes, while bytes are in flight.
+    var inboundPipe: Pipe?
+    var state = ConnectionState(now: 0)
+
+    var clientAddress = ClientAddress(.v4(address: 0, port: 0))
+    var destination = OriginalDestination(.v4(address: 0, port: 0))
+
+    init(index: Int) { self.index = index }
+
+    /// The epoll token for one side: generation in the high half, index and side below.
+    @inline(__always)
+    func token(_ side: Side) -> UInt64 {
+        UInt64(generation) << 32 | UInt64(index) << 1 | side.rawValue
+    }
+
+    /// Token identifying the connection itself (side bit clear), for queues.
+    @inline(__always)
+    var identity: UInt64 { token(.client) }
+}
+
+/// Decoding of epoll tokens. Bit 31 of the low half marks a listener.
+enum Token {
+    static let listenerFlag: UInt64 = 1 << 31
+
+    @inline(__always)
+    static func listener(_ number: Int) -> UInt64 { listenerFlag | UInt64(number) }
+
+    @inline(__always)
+    static func isListener(_ token: UInt64) -> Bool { token & listenerFlag != 0 && token >> 32 == 0 }
+
+    @inline(__always)
+    static func decode(_ token: UInt64) -> (index: Int, generation: UInt32, side: Side) {
+        (Int((token & 0x7fff_ffff) >> 1), UInt32(truncatingIfNeeded: token >> 32), token & 1 == 0 ? .client : .upstream)
+    }
+}

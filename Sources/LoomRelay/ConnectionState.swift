@@ -1,0 +1,96 @@
+// The lifecycle of one relayed connection, apart from I/O: connecting, relaying, and the
+// timeouts that end it. The loop asks `timeoutCheck(now:)` periodically and acts on it.
+
+/// Why a connection ended (for logs and counters).
+public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
+    /// Both directions forwarded FIN after their last byte.
+    case finished
+    /// The client reset; the upstream was reset too.
+    case clientReset
+    /// The upstream reset; the client was reset too.
+    case upstreamReset
+    /// The upstream refused the connection (nothing listening).
+    case upstreamRefused
+    /// The upstream could not be reached (errno of the failed connect).
+    case upstreamUnreachable(errno: Int32)
+    /// No answer from the upstream within the connect timeout.
+    case connectTimeout
+    /// No bytes either way within the idle timeout.
+    case idleTimeout
+    /// Loom is shutting down and the drain time ran out.
+    case shutdown
+    /// An unexpected error on a call.
+    case error(call: String, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .finished: return "finished"
+        case .clientReset: return "reset by client"
+        case .upstreamReset: return "reset by upstream"
+        case .upstreamRefused: return "refused by upstream"
+        case .upstreamUnreachable(let e): return "upstream unreachable (errno \(e))"
+        case .connectTimeout: return "connect timeout"
+        case .idleTimeout: return "idle timeout"
+        case .shutdown: return "shutdown"
+        case .error(let call, let e): return "\(call) failed (errno \(e))"
+        }
+    }
+
+    /// Whether the peers must see a reset rather than a clean close.
+    public var resets: Bool {
+        switch self {
+        case .finished: return false
+        case .idleTimeout: return false
+        default: return true
+        }
+    }
+}
+
+/// Connection lifecycle with timeouts (milliseconds on a monotonic clock).
+public struct ConnectionState: Equatable, Sendable {
+    public enum Phase: Equatable, Sendable {
+        /// Waiting for the upstream connect; `since` is when it started.
+        case connecting(since: Int64)
+        /// Both sockets are up; bytes flow.
+        case relaying
+    }
+
+    public private(set) var phase: Phase
+    /// Client -> upstream.
+    public var outbound = FlowState()
+    /// Upstream -> client.
+    public var inbound = FlowState()
+    /// Last time bytes moved either way (or the connection started).
+    public private(set) var lastActivity: Int64
+
+    public init(now: Int64) {
+        phase = .connecting(since: now)
+        lastActivity = now
+    }
+
+    /// The upstream connect completed.
+    public mutating func connected(now: Int64) {
+        phase = .relaying
+        lastActivity = now
+    }
+
+    /// Bytes moved at `now`.
+    public mutating func touched(now: Int64) { lastActivity = now }
+
+    /// Both directions have ended cleanly.
+    public var isFinished: Bool { outbound.isDone && inbound.isDone }
+
+    /// True when any bytes sit in a pipe.
+    public var hasBufferedBytes: Bool { outbound.buffered > 0 || inbound.buffered > 0 }
+
+    /// A timeout that has fired at `now`, if any.
+    public func timeoutCheck(now: Int64, connectTimeoutMs: Int64, idleTimeoutMs: Int64) -> CloseReason? {
+        switch phase {
+        case .connecting(let since):
+            return now - since >= connectTimeoutMs ? .connectTimeout : nil
+        case .relaying:
+            guard idleTimeoutMs > 0, now - lastActivity >= idleTimeoutMs else { return nil }
+            return .idleTimeout
+        }
+    }
+}

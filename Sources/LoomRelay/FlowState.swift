@@ -1,0 +1,102 @@
+// The state of one direction of a relayed connection, apart from any I/O.
+//
+// Bytes flow source socket -> pipe -> sink socket. Sockets are registered edge-triggered,
+// so readiness is remembered here until a call answers EAGAIN. `nextStep()` says what the
+// loop should do next; the loop does it and reports the result back. Tests drive this
+// type with made-up results, no sockets involved.
+
+/// One direction of a relay (client -> upstream or upstream -> client).
+public struct FlowState: Equatable, Sendable {
+    /// What the loop should do next for this direction.
+    public enum Step: Equatable, Sendable {
+        /// Move `count` bytes from the pipe to the sink.
+        case spliceOut(count: Int)
+        /// Move up to `count` bytes from the source into the (empty) pipe.
+        case spliceIn(count: Int)
+        /// Take a pipe from the pool before reading.
+        case acquirePipe
+        /// Give the (empty) pipe back: an idle direction holds no pipe.
+        case releasePipe
+        /// The source ended and every byte reached the sink: send FIN to the sink.
+        case shutdownSink
+        /// Nothing to do until the sockets signal readiness or a pipe comes free.
+        case wait
+        /// This direction is complete: FIN forwarded after the last byte.
+        case done
+    }
+
+    /// Bytes spliced into the pipe and not yet out of it.
+    public private(set) var buffered = 0
+    /// Capacity of the pipe held, 0 when none is held.
+    public private(set) var pipeCapacity = 0
+    /// The source may have bytes (or EOF) to read: set by readiness, cleared by EAGAIN.
+    public var sourceReadable = false
+    /// The sink may accept bytes: set by readiness, cleared by EAGAIN.
+    public var sinkWritable = false
+    /// The source returned end of stream.
+    public private(set) var sourceEnded = false
+    /// FIN has been forwarded to the sink.
+    public private(set) var sinkShut = false
+    /// Queued for a pipe because the pool was at its budget.
+    public var waitingForPipe = false
+    /// Bytes that reached the sink in total.
+    public private(set) var bytesRelayed: UInt64 = 0
+
+    public init() {}
+
+    /// True while a pipe is held.
+    public var holdsPipe: Bool { pipeCapacity > 0 }
+
+    /// True when the direction has ended cleanly.
+    public var isDone: Bool { sinkShut && !holdsPipe }
+
+    /// The next action. Reads happen only into an empty pipe: with a non-empty pipe,
+    /// EAGAIN from splice could mean "pipe full" rather than "source empty", and clearing
+    /// `sourceReadable` on the wrong reason would lose an edge-triggered wake-up.
+    public func nextStep() -> Step {
+        if buffered > 0 { return sinkWritable ? .spliceOut(count: buffered) : .wait }
+        if sourceEnded {
+            if holdsPipe { return .releasePipe }
+            return sinkShut ? .done : .shutdownSink
+        }
+        if !sourceReadable { return holdsPipe ? .releasePipe : .wait }
+        if !holdsPipe { return waitingForPipe ? .wait : .acquirePipe }
+        return .spliceIn(count: pipeCapacity)
+    }
+
+    /// A pipe of `capacity` bytes was handed to this direction.
+    public mutating func pipeAcquired(capacity: Int) {
+        precondition(capacity > 0 && !holdsPipe)
+        pipeCapacity = capacity
+        waitingForPipe = false
+    }
+
+    /// The pipe was given back (it was empty).
+    public mutating func pipeReleased() {
+        precondition(buffered == 0)
+        pipeCapacity = 0
+    }
+
+    /// Result of `.spliceIn`: `nil` for EAGAIN, 0 for end of stream, else bytes read.
+    public mutating func splicedIn(_ result: Int?) {
+        guard let n = result else {
+            sourceReadable = false
+            return
+        }
+        if n == 0 { sourceEnded = true } else { buffered += n }
+    }
+
+    /// Result of `.spliceOut`: `nil` for EAGAIN, else bytes written.
+    public mutating func splicedOut(_ result: Int?) {
+        guard let n = result else {
+            sinkWritable = false
+            return
+        }
+        precondition(n <= buffered)
+        buffered -= n
+        bytesRelayed &+= UInt64(n)
+    }
+
+    /// FIN was sent to the sink.
+    public mutating func sinkShutDown() { sinkShut = true }
+}

@@ -1,0 +1,91 @@
+// Settings of the relay core and the resource budget derived from them.
+
+/// Settings shared by every relay loop.
+public struct RelayConfiguration: Sendable, Equatable {
+    /// Number of relay loops (threads); default one per core.
+    public var loops: Int
+    /// Port of the outbound capture listener inside the pod (15001).
+    public var outboundPort: UInt16
+    /// SO_MARK set on every upstream socket; the nf_tables rules exempt it.
+    public var socketMark: UInt32
+    /// Give up on an upstream connect after this long (milliseconds).
+    public var connectTimeoutMs: Int64
+    /// Close a connection with no bytes either way for this long (milliseconds; 0: never).
+    public var idleTimeoutMs: Int64
+    /// Bytes per pipe (0: the kernel's default, 64 KiB).
+    public var pipeSize: Int
+    /// Connections across all loops; nil: as many as the fd budget allows.
+    public var maxConnections: Int?
+    /// Listen backlog.
+    public var backlog: Int32
+    /// Also listen on [::] for IPv6.
+    public var ipv6: Bool
+
+    public init(
+        loops: Int = 1, outboundPort: UInt16 = 15001, socketMark: UInt32 = RelayConfiguration.defaultMark,
+        connectTimeoutMs: Int64 = 10_000, idleTimeoutMs: Int64 = 3_600_000, pipeSize: Int = 0,
+        maxConnections: Int? = nil, backlog: Int32 = 4096, ipv6: Bool = true
+    ) {
+        self.loops = loops
+        self.outboundPort = outboundPort
+        self.socketMark = socketMark
+        self.connectTimeoutMs = connectTimeoutMs
+        self.idleTimeoutMs = idleTimeoutMs
+        self.pipeSize = pipeSize
+        self.maxConnections = maxConnections
+        self.backlog = backlog
+        self.ipv6 = ipv6
+    }
+
+    /// Loom's socket mark, 0x4c4f ("LO"). Chosen to stay clear of the bits Istio (0x539),
+    /// Cilium (0x0200, 0x0f00 ranges) and kube-proxy (0x4000, 0x8000) use.
+    public static let defaultMark: UInt32 = 0x4c4f
+}
+
+/// How many connections and pipes fit in the process's limits.
+///
+/// An idle connection holds 2 fds (client and upstream sockets). A pipe holds 2 fds and
+/// `pipeSize / pageSize` pages of the per-user pipe budget (`fs.pipe-user-pages-soft`).
+/// Pipes are held only while bytes are in flight, so the pipe count is capped separately
+/// and charged in full to the fd budget.
+public struct ResourceBudget: Equatable, Sendable, CustomStringConvertible {
+    /// Open-files limit of the process.
+    public let fileLimit: Int
+    /// Fds kept for listeners, epoll, the admin socket, logs, and the like.
+    public let reservedFiles: Int
+    /// Pipe pages allowed in total.
+    public let pipePages: Int
+    /// Pages one pipe takes.
+    public let pagesPerPipe: Int
+    /// Pipes allowed across all loops.
+    public let maxPipes: Int
+    /// Connections allowed across all loops.
+    public let maxConnections: Int
+    /// Whether a requested connection limit was lowered to fit.
+    public let clamped: Bool
+
+    /// Computes the budget. `requestedConnections` is the user's limit, if any.
+    public init(fileLimit: Int, pipePages: Int, pipeSize: Int, pageSize: Int, loops: Int, requestedConnections: Int?) {
+        self.fileLimit = fileLimit
+        self.reservedFiles = 64 + 4 * loops
+        self.pipePages = pipePages
+        let effectivePipeSize = pipeSize > 0 ? pipeSize : 65536
+        self.pagesPerPipe = max(1, effectivePipeSize / pageSize)
+        // Pipes (2 fds each) may take at most half of the fds that are not reserved.
+        let pipeFdRoom = max(0, (fileLimit - reservedFiles) / 4)
+        self.maxPipes = max(2 * loops, min(pipePages / pagesPerPipe, pipeFdRoom))
+        let fit = max(loops, (fileLimit - reservedFiles - 2 * maxPipes) / 2)
+        if let requested = requestedConnections, requested <= fit {
+            maxConnections = max(1, requested)
+            clamped = false
+        } else {
+            maxConnections = fit
+            clamped = requestedConnections != nil
+        }
+    }
+
+    public var description: String {
+        "\(fileLimit) fds = \(reservedFiles) reserved + \(2 * maxPipes) for \(maxPipes) pipes "
+            + "(\(pipePages) pipe pages / \(pagesPerPipe) per pipe) + 2 x \(maxConnections) connections"
+    }
+}

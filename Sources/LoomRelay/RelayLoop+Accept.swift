@@ -1,0 +1,141 @@
+// Accepting: read the original destination, refuse loops, connect upstream with the mark.
+import Logging
+import LoomSystem
+
+extension RelayLoop {
+    /// Accepts up to a batch of connections from one listener (level-triggered: what is
+    /// left wakes the loop again, after other work had its turn).
+    func acceptBatch(listener number: Int) {
+        guard number < listeners.count, listenersEnabled else { return }
+        let listener = listeners[number]
+        for _ in 0..<64 {
+            if slots.count - freeSlots.count >= maxConnections {
+                updateAcceptState()
+                return
+            }
+            do {
+                switch try listener.fd.accept() {
+                case .wouldBlock:
+                    return
+                case .processed(let (fd, peer)):
+                    counters.accepted += 1
+                    open(client: fd, peer: peer, family: listener.family)
+                }
+            } catch {
+                handleAcceptError(error)
+                return
+            }
+        }
+    }
+
+    private func handleAcceptError(_ error: SystemError) {
+        switch error.errno {
+        case Errno.connectionAborted:
+            return  // The client gave up while queued; nothing to do.
+        case Errno.tooManyFiles, Errno.tooManyFilesSystem, Errno.noBuffers, Errno.noMemory:
+            // Out of fds or memory: waiting is the only fix. Pause for a second instead of
+            // spinning on a listener that stays readable.
+            acceptPausedUntil = now + 1000
+            updateAcceptState()
+            if now - lastAcceptErrorLog >= 5000 {
+                lastAcceptErrorLog = now
+                logger.warning(
+                    "accept failed: \(error); pausing accept for 1 s",
+                    metadata: ["open_connections": "\(slots.count - freeSlots.count)", "open_pipes": "\(pool.open)"])
+            }
+        default:
+            logger.warning("accept failed: \(error)")
+        }
+    }
+
+    /// Pauses or resumes the listeners to match the connection limit and any timed pause.
+    func updateAcceptState() {
+        let atLimit = slots.count - freeSlots.count >= maxConnections
+        let shouldListen = !atLimit && now >= acceptPausedUntil
+        if atLimit && !acceptPausedForLimit {
+            acceptPausedForLimit = true
+            logger.warning(
+                "connection limit reached (\(maxConnections) on this loop); pausing accept until a connection closes")
+        } else if !atLimit && acceptPausedForLimit {
+            acceptPausedForLimit = false
+            logger.info("below the connection limit again; accepting")
+        }
+        guard shouldListen != listenersEnabled else { return }
+        listenersEnabled = shouldListen
+        for (number, listener) in listeners.enumerated() {
+            try? epoll.modify(listener.fd, interest: shouldListen ? [.readable] : [], token: Token.listener(number))
+        }
+    }
+
+    /// Sets up a new connection: original destination, loop check, upstream connect.
+    private func open(client fd: FileDescriptor, peer: SocketAddress?, family: CInt) {
+        let clientAddress = ClientAddress(peer ?? .v4(address: 0, port: 0))
+        let destination: OriginalDestination
+        do {
+            destination = try fd.originalDestination(family: family)
+        } catch {
+            refuse(fd, "connection from \(clientAddress) has no original destination (\(error)); was it redirected by nf_tables? refusing")
+            return
+        }
+        // A connection aimed at Loom's own listener would relay to itself forever.
+        if destination.address == fd.localAddress()
+            || (destination.address.port == config.outboundPort
+                && (destination.address.isLoopback || destination.address.isUnspecified))
+        {
+            refuse(fd, "connection from \(clientAddress) to \(destination) targets Loom's own listener; refusing (no loops)")
+            return
+        }
+
+        let conn = takeSlot()
+        conn.client = fd
+        conn.clientAddress = clientAddress
+        conn.destination = destination
+        conn.state = ConnectionState(now: now)
+        do {
+            try fd.setNoDelay()
+            let upstream = try FileDescriptor.tcpSocket(family: destination.address.family)
+            conn.upstream = upstream
+            try upstream.setMark(config.socketMark)
+            try upstream.setNoDelay()
+            let interest: EpollEvents = [.readable, .writable, .readHangup, .edgeTriggered]
+            try epoll.add(fd, interest: interest, token: conn.token(.client))
+            let immediate = try upstream.connect(to: destination.address)
+            try epoll.add(upstream, interest: interest, token: conn.token(.upstream))
+            if case .processed = immediate { conn.state.connected(now: now) }
+        } catch {
+            close(conn, reason: connectFailure(error))
+            return
+        }
+    }
+
+    /// Maps a failed connect to a close reason, logging what to check.
+    func connectFailure(_ error: SystemError) -> CloseReason {
+        switch error.errno {
+        case Errno.connectionRefused:
+            return .upstreamRefused
+        case Errno.hostUnreachable, Errno.networkUnreachable, Errno.timedOut:
+            return .upstreamUnreachable(errno: error.errno)
+        default:
+            return .error(call: error.call.description, errno: error.errno)
+        }
+    }
+
+    private func refuse(_ fd: FileDescriptor, _ message: @autoclosure () -> String) {
+        counters.refused += 1
+        fd.setResetOnClose()
+        fd.close()
+        logger.info("\(message())")
+    }
+
+    private func takeSlot() -> Connection {
+        let conn: Connection
+        if let index = freeSlots.popLast() {
+            conn = slots[index]
+        } else {
+            conn = Connection(index: slots.count)
+            slots.append(conn)
+        }
+        conn.inUse = true
+        return conn
+    }
+}

@@ -1,0 +1,266 @@
+// Moving bytes: readiness events, the splice pump for each direction, pipes lent and
+// returned, and closing a connection with a FIN or a reset as its story demands.
+import Logging
+import LoomSystem
+
+/// A direction of a connection.
+enum Direction: UInt64 {
+    /// Client -> upstream.
+    case outbound = 0
+    /// Upstream -> client.
+    case inbound = 1
+}
+
+extension RelayLoop {
+    /// Applies one epoll event to its connection and drives it.
+    func handle(token: UInt64, events: EpollEvents) {
+        let (index, generation, side) = Token.decode(token)
+        guard index < slots.count else { return }
+        let conn = slots[index]
+        // Stale: the connection closed (and maybe the slot was reused) earlier in this batch.
+        guard conn.inUse, conn.generation == generation else { return }
+
+        let readable = !events.isDisjoint(with: [.readable, .readHangup, .hangup, .error])
+        let writable = !events.isDisjoint(with: [.writable, .hangup, .error])
+        if events.contains(.error) {
+            let fd = side == .client ? conn.client : conn.upstream
+            let err = fd.pendingError()
+            if err != 0 {
+                if side == .upstream, case .connecting = conn.state.phase {
+                    close(conn, reason: connectFailure(SystemError("connect", errno: err)))
+                } else {
+                    close(conn, reason: resetReason(side: side, errno: err, call: "socket"))
+                }
+                return
+            }
+        }
+        switch side {
+        case .client:
+            if readable { conn.state.outbound.sourceReadable = true }
+            if writable { conn.state.inbound.sinkWritable = true }
+        case .upstream:
+            if readable { conn.state.inbound.sourceReadable = true }
+            if writable { conn.state.outbound.sinkWritable = true }
+            if case .connecting = conn.state.phase {
+                guard writable else { return }
+                let err = conn.upstream.pendingError()
+                if err != 0 {
+                    close(conn, reason: connectFailure(SystemError("connect", errno: err)))
+                    return
+                }
+                conn.state.connected(now: now)
+            }
+        }
+        drive(conn)
+    }
+
+    /// Pumps both directions within the fairness budget; closes the connection when done.
+    func drive(_ conn: Connection) {
+        guard case .relaying = conn.state.phase else { return }
+        var budget = Self.fairnessBudget
+        if let reason = pump(conn, .outbound, budget: &budget) ?? pump(conn, .inbound, budget: &budget) {
+            close(conn, reason: reason)
+            return
+        }
+        if conn.state.isFinished {
+            close(conn, reason: .finished)
+        } else if budget <= 0 && !conn.scheduled {
+            conn.scheduled = true
+            ready.append(conn.identity)
+        }
+    }
+
+    /// Drives connections that ran out of budget last time.
+    func runReady() {
+        guard !ready.isEmpty else { return }
+        let batch = ready.count
+        for i in 0..<batch {
+            let (index, generation, _) = Token.decode(ready[i])
+            let conn = slots[index]
+            guard conn.inUse, conn.generation == generation else { continue }
+            conn.scheduled = false
+            drive(conn)
+        }
+        ready.removeFirst(batch)
+    }
+
+    /// Runs one direction's state machine until it waits, ends, or the budget runs out.
+    /// Returns why the connection must close, if it must.
+    private func pump(_ conn: Connection, _ direction: Direction, budget: inout Int) -> CloseReason? {
+        let outbound = direction == .outbound
+        let source = outbound ? conn.client : conn.upstream
+        let sink = outbound ? conn.upstream : conn.client
+        while budget > 0 {
+            let step = outbound ? conn.state.outbound.nextStep() : conn.state.inbound.nextStep()
+            switch step {
+            case .wait, .done:
+                return nil
+            case .spliceOut(let count):
+                budget -= 1
+                // Safe to force: a flow with buffered bytes holds its pipe.
+                let pipe = (outbound ? conn.outboundPipe : conn.inboundPipe)!
+                let result: Int?
+                do {
+                    switch try splice(from: pipe.read, to: sink, count: count) {
+                    case .processed(let n): result = n
+                    // EAGAIN: the sink's send buffer is full; wait for EPOLLOUT.
+                    case .wouldBlock: result = nil
+                    }
+                } catch {
+                    // EPIPE / ECONNRESET: the sink's peer is gone; anything else is
+                    // unexpected. Either way the other side must see a reset.
+                    return resetReason(side: outbound ? .upstream : .client, errno: error.errno, call: "splice")
+                }
+                if let n = result {
+                    conn.state.touched(now: now)
+                    if outbound { counters.bytesOutbound &+= UInt64(n) } else { counters.bytesInbound &+= UInt64(n) }
+                }
+                if outbound { conn.state.outbound.splicedOut(result) } else { conn.state.inbound.splicedOut(result) }
+            case .spliceIn(let count):
+                budget -= 1
+                let pipe = (outbound ? conn.outboundPipe : conn.inboundPipe)!
+                let result: Int?
+                do {
+                    switch try splice(from: source, to: pipe.write, count: count) {
+                    // n > 0: bytes now in the pipe; 0: the source sent FIN.
+                    case .processed(let n): result = n
+                    // EAGAIN on an empty pipe: the source has nothing now.
+                    case .wouldBlock: result = nil
+                    }
+                } catch {
+                    // ECONNRESET: the source peer reset; pass the reset on.
+                    return resetReason(side: outbound ? .client : .upstream, errno: error.errno, call: "splice")
+                }
+                if let n = result, n > 0 { conn.state.touched(now: now) }
+                if outbound { conn.state.outbound.splicedIn(result) } else { conn.state.inbound.splicedIn(result) }
+            case .acquirePipe:
+                let pipe: Pipe?
+                do {
+                    pipe = try pool.acquire()
+                } catch {
+                    // Out of fds for a pipe: wait like a pool at its budget does.
+                    logger.warning("cannot create a pipe: \(error); connection \(conn.clientAddress) -> \(conn.destination) waits")
+                    pipe = nil
+                }
+                guard let pipe else {
+                    if outbound { conn.state.outbound.waitingForPipe = true } else { conn.state.inbound.waitingForPipe = true }
+                    pipeWaiters.append(conn.identity | direction.rawValue << 31)
+                    return nil
+                }
+                give(pipe, to: conn, direction)
+            case .releasePipe:
+                let pipe = (outbound ? conn.outboundPipe : conn.inboundPipe)!
+                if outbound {
+                    conn.outboundPipe = nil
+                    conn.state.outbound.pipeReleased()
+                } else {
+                    conn.inboundPipe = nil
+                    conn.state.inbound.pipeReleased()
+                }
+                returnPipe(pipe, empty: true)
+            case .shutdownSink:
+                do {
+                    try sink.shutdownWrite()
+                } catch where error.errno == Errno.notConnected {
+                    // The sink's peer already closed; a FIN has nowhere to go. Not an error.
+                } catch {
+                    return resetReason(side: outbound ? .upstream : .client, errno: error.errno, call: "shutdown")
+                }
+                if outbound { conn.state.outbound.sinkShutDown() } else { conn.state.inbound.sinkShutDown() }
+            }
+        }
+        return nil
+    }
+
+    private func give(_ pipe: Pipe, to conn: Connection, _ direction: Direction) {
+        if direction == .outbound {
+            conn.outboundPipe = pipe
+            conn.state.outbound.pipeAcquired(capacity: pipe.capacity)
+        } else {
+            conn.inboundPipe = pipe
+            conn.state.inbound.pipeAcquired(capacity: pipe.capacity)
+        }
+    }
+
+    /// Returns a pipe to the pool, or hands it straight to a waiting direction.
+    private func returnPipe(_ pipe: Pipe, empty: Bool) {
+        pool.release(pipe, empty: empty)
+        if pipeWaitersHead < pipeWaiters.count { servePipeWaiters() }
+    }
+
+    /// Gives free pipes to waiting directions, first come first served.
+    func servePipeWaiters() {
+        while pipeWaitersHead < pipeWaiters.count {
+            let entry = pipeWaiters[pipeWaitersHead]
+            let (index, generation, _) = Token.decode(entry & ~(1 << 31))
+            let direction: Direction = entry & (1 << 31) != 0 ? .inbound : .outbound
+            let conn = slots[index]
+            let waiting = direction == .outbound ? conn.state.outbound.waitingForPipe : conn.state.inbound.waitingForPipe
+            guard conn.inUse, conn.generation == generation, waiting else {
+                pipeWaitersHead += 1
+                continue
+            }
+            guard let pipe = try? pool.acquire() else { break }
+            pipeWaitersHead += 1
+            give(pipe, to: conn, direction)
+            if !conn.scheduled {
+                conn.scheduled = true
+                ready.append(conn.identity)
+            }
+        }
+        if pipeWaitersHead == pipeWaiters.count {
+            pipeWaiters.removeAll(keepingCapacity: true)
+            pipeWaitersHead = 0
+        } else if pipeWaitersHead > 1024 && pipeWaitersHead * 2 > pipeWaiters.count {
+            pipeWaiters.removeFirst(pipeWaitersHead)
+            pipeWaitersHead = 0
+        }
+    }
+
+    /// The close reason for an error on `side`'s socket.
+    func resetReason(side: Side, errno: CInt, call: String) -> CloseReason {
+        if errno == Errno.connectionReset || errno == Errno.brokenPipe {
+            return side == .client ? .clientReset : .upstreamReset
+        }
+        return .error(call: "\(call) (\(side == .client ? "client" : "upstream") side)", errno: errno)
+    }
+
+    /// Closes both sockets and frees the slot. A reset reason, or bytes left in a pipe,
+    /// make both peers see RST: a truncated stream must never look complete.
+    func close(_ conn: Connection, reason: CloseReason) {
+        let reset = reason.resets || conn.state.hasBufferedBytes
+        if reset {
+            conn.client.setResetOnClose()
+            if conn.upstream.rawValue >= 0 { conn.upstream.setResetOnClose() }
+            counters.failed += 1
+        } else {
+            counters.finished += 1
+        }
+        conn.client.close()
+        if conn.upstream.rawValue >= 0 { conn.upstream.close() }
+        conn.client = FileDescriptor(rawValue: -1)
+        conn.upstream = FileDescriptor(rawValue: -1)
+        conn.inUse = false
+        conn.scheduled = false
+        conn.generation &+= 1
+        freeSlots.append(conn.index)
+        // Pipes go back after the slot is free, so a waiter may be this very slot's
+        // successor; a pipe with bytes left is closed, never reused.
+        if let pipe = conn.outboundPipe {
+            conn.outboundPipe = nil
+            returnPipe(pipe, empty: conn.state.outbound.buffered == 0)
+        }
+        if let pipe = conn.inboundPipe {
+            conn.inboundPipe = nil
+            returnPipe(pipe, empty: conn.state.inbound.buffered == 0)
+        }
+        if reason == .finished || reason == .shutdown {
+            logger.debug("\(conn.clientAddress) -> \(conn.destination) \(reason)")
+        } else if reason == .upstreamRefused {
+            logger.info("upstream \(conn.destination) refused the connection from \(conn.clientAddress); is the service listening? client reset")
+        } else if reason != .connectTimeout {
+            logger.info("\(conn.clientAddress) -> \(conn.destination) ended: \(reason)\(reset ? "; both sides reset" : "")")
+        }
+        if acceptPausedForLimit { updateAcceptState() }
+    }
+}

@@ -1,0 +1,45 @@
+// Process-wide facts and settings: clocks, resource limits, signals, /proc readings.
+import CLoomLinux
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Process-level helpers.
+public enum SystemProcess {
+    /// Monotonic coarse milliseconds (vDSO, no syscall): cheap enough for every event batch.
+    @inline(__always)
+    public static func nowMilliseconds() -> Int64 { cloom_now_ms() }
+
+    /// Raises the soft open-files limit to the hard limit and returns it.
+    public static func raiseOpenFilesLimit() -> Int { Int(cloom_raise_nofile_limit()) }
+
+    /// Blocks the daemon's signals in this thread and its future threads; ignores SIGPIPE.
+    public static func blockSignals() { _ = cloom_block_signals() }
+
+    /// Waits for SIGTERM, SIGINT, SIGHUP or SIGUSR1 (they must be blocked first).
+    public static func waitForSignal() -> CInt { cloom_wait_signal() }
+
+    public static let sigterm = SIGTERM
+    public static let sigint = SIGINT
+    public static let sighup = SIGHUP
+
+    /// Reads a small integer from a /proc or /sys file, e.g. a sysctl.
+    public static func readInteger(path: String) -> Int? {
+        guard let file = fopen(path, "r") else { return nil }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 64)
+        guard fgets(&line, 64, file) != nil else { return nil }
+        let text = String(cString: line).split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).first
+        return text.flatMap { Int($0) }
+    }
+
+    /// The page size of this machine.
+    public static var pageSize: Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
+
+    /// Number of CPUs available.
+    public static var processorCount: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+
+    /// This process's id.
+    public static var id: Int32 { getpid() }
+}

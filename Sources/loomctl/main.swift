@@ -1,0 +1,27 @@
+// loomctl: the operator CLI. Talks to loomd over its admin socket.
+import ArgumentParser
+import LoomDaemon
+
+struct Loomctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loomctl",
+        abstract: "Operate Loom: ask the node daemon for its state.",
+        subcommands: [Status.self])
+}
+
+/// Options every subcommand shares.
+struct AdminOptions: ParsableArguments {
+    @Option(name: .long, help: "loomd's admin socket.")
+    var adminSocket: String = "/run/loom/admin.sock"
+
+    /// Sends one request to loomd and returns its answer, or fails with what to check.
+    func request(_ command: String) throws -> String {
+        do {
+            return try AdminClient(path: adminSocket).request(command)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+}
+
+Loomctl.main()

@@ -1,0 +1,93 @@
+// loomd: the Loom node daemon. Parses arguments and wires the daemon together.
+import ArgumentParser
+import Logging
+import LoomDaemon
+import LoomRelay
+import LoomSystem
+
+struct Loomd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loomd",
+        abstract: "Loom node daemon: relays a pod's redirected TCP connections to their original destination.",
+        discussion: """
+            With no configuration loomd is a transparent pass-through proxy: every connection \
+            redirected to its listener goes to the destination the application asked for.
+            """)
+
+    @Option(name: .long, help: "Pod network namespace to serve: a name under /var/run/netns, a path, or a PID. Default: loomd's own.")
+    var netns: String?
+
+    @Option(name: .long, help: "Relay loops (threads). Default: one per core.")
+    var loops: Int?
+
+    @Option(name: .long, help: "Outbound capture port inside the pod.")
+    var outboundPort: UInt16 = 15001
+
+    @Option(name: .long, help: "SO_MARK set on upstream sockets (decimal or 0x hex); the redirect rules exempt it.")
+    var mark: String = "0x4c4f"
+
+    @Option(name: .long, help: "Connection limit across loops. Default: what the fd and pipe budget allows.")
+    var maxConnections: Int?
+
+    @Option(name: .long, help: "Upstream connect timeout in seconds.")
+    var connectTimeout: Double = 10
+
+    @Option(name: .long, help: "Close connections idle this many seconds (0: never).")
+    var idleTimeout: Double = 3600
+
+    @Option(name: .long, help: "Pipe size in bytes (0: kernel default, 64 KiB).")
+    var pipeSize: Int = 0
+
+    @Flag(name: .long, help: "Do not listen on IPv6.")
+    var noIpv6 = false
+
+    @Option(name: .long, help: "Admin API Unix socket.")
+    var adminSocket: String = "/run/loom/admin.sock"
+
+    @Option(name: .long, help: "On SIGTERM, seconds to let connections finish before resetting them.")
+    var drainTimeout: Double = 5
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        if let loops, loops < 1 || loops > 256 { throw ValidationError("--loops must be between 1 and 256 (got \(loops))") }
+        if parseMark(mark) == nil { throw ValidationError("--mark must be a 32-bit number such as 0x4c4f (got '\(mark)')") }
+        if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical") }
+        if connectTimeout <= 0 { throw ValidationError("--connect-timeout must be positive") }
+        if idleTimeout < 0 { throw ValidationError("--idle-timeout must be 0 or positive") }
+        if pipeSize < 0 || pipeSize > 1 << 20 { throw ValidationError("--pipe-size must be between 0 and 1048576 (fs.pipe-max-size)") }
+        if let maxConnections, maxConnections < 1 { throw ValidationError("--max-connections must be at least 1") }
+    }
+
+    func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "loomd")
+        let relay = RelayConfiguration(
+            loops: loops ?? max(1, SystemProcess.processorCount), outboundPort: outboundPort,
+            socketMark: parseMark(mark)!, connectTimeoutMs: Int64(connectTimeout * 1000),
+            idleTimeoutMs: Int64(idleTimeout * 1000), pipeSize: pipeSize, maxConnections: maxConnections,
+            ipv6: !noIpv6)
+        let daemon = Daemon(
+            settings: DaemonSettings(netns: netns, relay: relay, adminSocket: adminSocket, drainTimeoutMs: Int64(drainTimeout * 1000)),
+            logger: logger)
+        do {
+            try daemon.start()
+        } catch {
+            logger.critical("cannot start: \(error)")
+            throw ExitCode(1)
+        }
+        daemon.runUntilSignalled()
+    }
+}
+
+func parseMark(_ text: String) -> UInt32? {
+    text.lowercased().hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text)
+}
+
+Loomd.main()

@@ -1,0 +1,356 @@
+"""End-to-end tests of loomd as a transparent TCP proxy.
+
+A client in pod namespace C connects to a server in pod namespace S by the
+server's real address; nft in C redirects the connection to loomd's
+listener (port 15001 in C), and loomd connects upstream to the original
+destination with its socket mark (exempt from the redirect).
+
+Tests that share the default loomd come first; tests needing special flags
+restart it (see LoomManager) and come last.
+"""
+
+import time
+
+import pytest
+
+import harness
+from conftest import ECHO_PORT
+from harness import C_V4, C_V6, S_V4, S_V6
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+FAMILIES = {
+    "v4": (S_V4, C_V4, "127.0.0.1"),
+    "v6": (S_V6, C_V6, "::1"),
+}
+
+
+def counter(st, key):
+    v = st[key]
+    assert v is not None, "loomctl status has no %r (keys %s); raw: %s" % (
+        key, harness.STATUS_KEYS[key], st["raw"])
+    return v
+
+
+def accepted_delta(loom, st0):
+    return counter(loom.status(), "accepted") - counter(st0, "accepted")
+
+
+def ctx(loom):
+    """Tail of loomd's stderr, for assertion messages."""
+    return "\n--- loomd stderr (tail) ---\n" + loom.stderr_text()
+
+
+def wait_idle(loom, timeout=10.0):
+    st = loom.wait_status(lambda s: counter(s, "active") == 0, timeout)
+    assert counter(st, "active") == 0, "loomd still reports %s active connections%s" % (
+        st["active"], ctx(loom))
+    return st
+
+
+def wait_socket_fds(loom, at_most, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        total, pipes, socks = loom.fds()
+        if socks <= at_most or time.monotonic() > deadline:
+            return total, pipes, socks
+        time.sleep(0.1)
+
+
+# ----------------------------------------------------------- data integrity
+
+@pytest.mark.parametrize("fam,nbytes", [("v4", GiB), ("v6", 64 * MiB)],
+                         ids=["v4-1GiB", "v6-64MiB"])
+def test_bidirectional_transfer(loom, client, server, figure, fam, nbytes):
+    """nbytes each way at once on one connection; SHA-256 of both
+    directions compared end to end."""
+    dst, src, _ = FAMILIES[fam]
+    port = 7101
+    st0 = loom.status()
+    server.call("listen", name="l", host=dst, port=port)
+    srv = server.submit("xfer_server", lname="l", nbytes=nbytes, seed=2, timeout=110)
+    t0 = time.monotonic()
+    cli = client.call("xfer_client", host=dst, port=port, nbytes=nbytes, seed=1,
+                      timeout=110, **{})
+    s = srv.result(120)
+    took = time.monotonic() - t0
+    figure("%s transfer MiB/s (each way)" % fam, round(nbytes / MiB / took, 1))
+
+    assert accepted_delta(loom, st0) >= 1, "connection did not go through loomd"
+    assert s["peer"][0] == src, "server saw peer %s, expected the client pod" % s["peer"]
+    assert "send_error" not in cli and "send_error" not in s, (cli, s, ctx(loom))
+    assert cli["sent"] == nbytes and s["sent"] == nbytes
+    assert s["recv"] == nbytes, "server got %d of %d bytes (%s)%s" % (
+        s["recv"], nbytes, s["recv_end"], ctx(loom))
+    assert cli["recv"] == nbytes, "client got %d of %d bytes (%s)%s" % (
+        cli["recv"], nbytes, cli["recv_end"], ctx(loom))
+    assert s["recv_sha"] == cli["sent_sha"], "client->server data corrupted"
+    assert cli["recv_sha"] == s["sent_sha"], "server->client data corrupted"
+    assert cli["recv_end"] == "eof" and s["recv_end"] == "eof"
+    assert took < 60, "transfer took %.1fs" % took
+
+
+@pytest.mark.parametrize("fam", ["v4", "v6"])
+def test_half_close(loom, client, server, fam):
+    """Client sends a request and SHUT_WR; server reads to EOF, answers
+    10 MiB and closes; the client gets all of it, then EOF."""
+    dst, src, _ = FAMILIES[fam]
+    port = 7102
+    server.call("listen", name="l", host=dst, port=port)
+    srv = server.submit("serve_halfclose", lname="l", reply_bytes=10 * MiB, seed=5,
+                        timeout=30)
+    assert client.call("connect", name="c", host=dst, port=port)["ok"]
+    req = client.call("send", name="c", nbytes=100 * 1024, seed=4)
+    client.call("shutdown_wr", name="c")
+    got = client.call("recv_to_end", name="c", timeout=30)
+    s = srv.result(40)
+
+    assert s["request"]["end"] == "eof", (
+        "server never saw the client's FIN: %s%s" % (s["request"], ctx(loom)))
+    assert s["request"]["len"] == 100 * 1024
+    assert s["request"]["sha"] == req["sha"]
+    assert s["peer"][0] == src
+    assert got["len"] == 10 * MiB, "client got %d bytes, then %s%s" % (
+        got["len"], got["end"], ctx(loom))
+    assert got["sha"] == s["sha"]
+    assert got["end"] == "eof"
+
+
+# ---------------------------------------------------------------- failures
+
+def test_upstream_reset_mid_stream(loom, client, server):
+    """Server sends 4 MiB then aborts with RST: the client must see a reset,
+    never a clean EOF."""
+    port = 7103
+    server.call("listen", name="l", host=S_V4, port=port)
+    srv = server.submit("serve_rst", lname="l", nbytes=4 * MiB)
+    assert client.call("connect", name="c", host=S_V4, port=port)["ok"]
+    got = client.call("recv_to_end", name="c", timeout=20)
+    s = srv.result(30)
+    assert s["sent"] == 4 * MiB
+    assert got["end"] == "reset", (
+        "client saw %r after %d bytes instead of ECONNRESET%s" % (
+            got["end"], got["len"], ctx(loom)))
+    assert got["len"] <= 4 * MiB
+
+
+@pytest.mark.parametrize("fam", ["v4", "v6"])
+def test_upstream_port_closed(loom, client, fam):
+    """Nothing listens on the destination port: connect fails or the
+    connection is reset promptly; never a clean EOF."""
+    dst = FAMILIES[fam][0]
+    r = client.call("connect", name="c", host=dst, port=7999, timeout=5)
+    if not r["ok"]:
+        assert r["error"] in ("ECONNREFUSED", "ECONNRESET"), r
+        return
+    p = client.call("probe", name="c", timeout=5)
+    assert p["end"] == "reset", "client saw %r instead of a reset%s" % (
+        p["end"], ctx(loom))
+    assert r["elapsed"] + p["elapsed"] < 2.0, "reset took %.2fs" % (
+        r["elapsed"] + p["elapsed"])
+
+
+@pytest.mark.parametrize("fam", ["v4", "v6"])
+def test_no_self_loop(loom, client, fam):
+    """Connecting straight to loomd's own listener (loopback is exempt from
+    the redirect) is reset, not proxied back into loomd."""
+    local = FAMILIES[fam][2]
+    st0 = loom.status()
+    base = loom.fds()
+    r = client.call("connect", name="c", host=local, port=harness.OUTBOUND_PORT,
+                    timeout=5)
+    if r["ok"]:
+        p = client.call("probe", name="c", timeout=3)
+        assert p["end"] == "reset", (
+            "connection to loomd's own listener ended with %r%s" % (p["end"], ctx(loom)))
+    else:
+        assert r["error"] in ("ECONNREFUSED", "ECONNRESET"), r
+    client.call("close", name="c")
+    time.sleep(0.3)
+    d = accepted_delta(loom, st0)
+    assert d <= 1, "loomd accepted %d connections: it proxied to itself%s" % (d, ctx(loom))
+    total, pipes, socks = wait_socket_fds(loom, base[2])
+    assert socks <= base[2], "loomd holds %d sockets, %d before%s" % (
+        socks, base[2], ctx(loom))
+    loom.assert_alive()
+
+
+# ------------------------------------------------------------------- scale
+
+def test_many_concurrent_echo(loom, client, echo_server, figure):
+    """5,000 connections open at once, 64 KiB echoed on each."""
+    n, size = 5000, 64 * 1024
+    wait_idle(loom)
+    base_total, base_pipes, base_socks = loom.fds()
+    with harness.Sampler(loom.pid, interval=0.05) as smp:
+        r = client.call("many_echo", host=S_V4, port=ECHO_PORT, n=n, nbytes=size,
+                        timeout=150, max_connecting=256)
+    figure("fds at rest", base_total)
+    figure("peak fds (limit 20000)", smp.peak_fds)
+    figure("peak socket fds", smp.peak_socks)
+    figure("peak pipe fds", smp.peak_pipes)
+    figure("fds per connection at peak", round((smp.peak_fds - base_total) / n, 2))
+    figure("peak RSS MiB", round(smp.peak_rss / 1024, 1))
+    figure("5000x64KiB elapsed s", round(r["elapsed"], 1))
+
+    assert r["open_at_once"] == n, "only %d of %d connections opened: %s%s" % (
+        r["open_at_once"], n, r["errors"], ctx(loom))
+    assert r["mismatched"] == 0, "%d connections echoed wrong bytes" % r["mismatched"]
+    assert r["completed"] == n, "%d of %d completed, errors %s, unfinished %d%s" % (
+        r["completed"], n, r["errors"], r["unfinished"], ctx(loom))
+    assert smp.samples > 0
+    assert smp.peak_fds < 20000, "loomd peaked at %d fds" % smp.peak_fds
+    loom.assert_alive()
+
+    # everything is released afterwards
+    wait_idle(loom, timeout=20)
+    total, pipes, socks = wait_socket_fds(loom, base_socks, timeout=20)
+    figure("fds after", total)
+    assert socks <= base_socks, "loomd still holds %d sockets (%d before)" % (
+        socks, base_socks)
+    assert pipes <= 130, "loomd keeps %d pipe fds after the load" % pipes
+
+
+def test_slow_reader_backpressure(loom, client, server, echo_server, figure):
+    """Server never reads: the client must be blocked long before 1 GiB and
+    loomd must not buffer the difference in memory."""
+    port = 7104
+    server.call("listen", name="l", host=S_V4, port=port)
+    held = server.submit("accept_hold", lname="l", prefix="h", n=1)
+    assert client.call("connect", name="c", host=S_V4, port=port)["ok"]
+    held.result(10)
+    rss0 = loom.rss_kib()
+    with harness.Sampler(loom.pid, interval=0.05) as smp:
+        r = client.call("fill", name="c", max_bytes=GiB, stall=2.0, timeout=120)
+        rss_blocked = loom.rss_kib()
+    growth = max(smp.peak_rss, rss_blocked) - rss0
+    figure("written before stall MiB", round(r["written"] / MiB, 1))
+    figure("RSS before/blocked/peak KiB", "%d/%d/%d" % (rss0, rss_blocked, smp.peak_rss))
+
+    assert r["end"] == "stalled", "client was never blocked: %s%s" % (r, ctx(loom))
+    assert r["written"] < 64 * MiB, "client wrote %.1f MiB into a non-reading server" % (
+        r["written"] / MiB)
+    assert r["written"] > 0
+    assert growth < 32 * 1024, "loomd RSS grew by %d KiB" % growth
+
+    client.call("close", name="c")
+    server.call("close_prefix", prefix="h")
+    server.call("unlisten", name="l")
+    loom.assert_alive()
+    assert client.call("connect", name="n", host=S_V4, port=ECHO_PORT)["ok"]
+    e = client.call("echo", name="n", nbytes=4096, seed=3)
+    assert e["ok"], "loomd does not serve a new connection afterwards: %s%s" % (e, ctx(loom))
+
+
+def test_idle_connections_hold_no_pipes(loom, client, echo_server, figure):
+    """200 idle connections after one exchange each: no pipes in use, pipe
+    fds bounded by the cache, about 2 socket fds per connection."""
+    n = 200
+    wait_idle(loom)
+    base_total, base_pipes, base_socks = loom.fds()
+    r = client.call("connect_echo_many", prefix="i", n=n, host=S_V4,
+                    port=ECHO_PORT, nbytes=256, timeout=10)
+    assert r["ok"] == n, "only %d of %d echo exchanges worked: %s%s" % (
+        r["ok"], n, r["failures"], ctx(loom))
+    time.sleep(0.5)
+    st = loom.wait_status(lambda s: counter(s, "pipes_in_use") == 0, 5)
+    total, pipes, socks = loom.fds()
+    figure("idle: fds before/after", "%d/%d" % (base_total, total))
+    figure("idle: pipe fds, status cached", "%d, %s" % (pipes, st["pipes_cached"]))
+    figure("idle: socket fds added", socks - base_socks)
+
+    assert counter(st, "active") == n, "status active=%s, expected %d" % (st["active"], n)
+    assert counter(st, "pipes_in_use") == 0, "pipes in use while idle: %s" % st["raw"]
+    assert pipes <= 130, "%d pipe fds held by %d idle connections" % (pipes, n)
+    cached = counter(st, "pipes_cached")
+    assert pipes <= 2 * cached + 2, (
+        "%d pipe fds but status reports only %d cached pipes" % (pipes, cached))
+    assert 2 * n - 2 <= socks - base_socks <= 2 * n + 4, (
+        "%d idle connections added %d socket fds" % (n, socks - base_socks))
+    assert total - base_total <= 2 * n + 130 + 4
+
+    client.call("close_prefix", prefix="i")
+    wait_idle(loom)
+    total, pipes, socks = wait_socket_fds(loom, base_socks)
+    assert socks <= base_socks, "sockets not released: %d, %d before" % (socks, base_socks)
+
+
+# ------------------------------------------------------- special-flag loomd
+
+def test_connection_limit(loom_manager, client, echo_server):
+    """--max-connections 10: 10 work, the rest are not served while they
+    are held, loomd logs the limit, stays up, and serves again later."""
+    ld = loom_manager.ensure(["--max-connections", "10", "--loops", "1"])
+    r = client.call("connect_echo_many", prefix="a", n=10, host=S_V4,
+                    port=ECHO_PORT, nbytes=512, timeout=10)
+    assert r["ok"] == 10, "first 10 connections: %s%s" % (r, ctx(ld))
+    st = ld.status()
+    assert counter(st, "active") == 10
+
+    extra = []
+    for i in range(10):
+        c = client.call("connect", name="b%d" % i, host=S_V4, port=ECHO_PORT, timeout=3)
+        if c["ok"]:
+            extra.append("b%d" % i)
+    futs = [client.submit("echo", name=b, nbytes=512, seed=9, timeout=1.5) for b in extra]
+    res = [f.result(10) for f in futs]
+    served = [b for b, e in zip(extra, res) if e["ok"]]
+    assert not served, "connections beyond the limit were served: %s%s" % (served, ctx(ld))
+    ld.assert_alive()
+    assert counter(ld.status(), "active") <= 10
+    assert "limit" in ld.stderr_text(full=True).lower(), (
+        "loomd logged nothing about the limit%s" % ctx(ld))
+
+    for b in extra:
+        client.call("close", name=b, rst=True)
+    for i in range(5):
+        client.call("close", name="a%d" % i)
+    st = ld.wait_status(lambda s: counter(s, "active") <= 5, 10)
+    assert counter(st, "active") <= 5, "closed connections still counted: %s" % st["raw"]
+    for i in range(5, 10):
+        e = client.call("echo", name="a%d" % i, nbytes=512, seed=i)
+        assert e["ok"], "held connection a%d broke: %s" % (i, e)
+    r = client.call("connect_echo_many", prefix="n", n=5, host=S_V4,
+                    port=ECHO_PORT, nbytes=512, timeout=5)
+    assert r["ok"] == 5, "after freeing 5 slots: %s%s" % (r, ctx(ld))
+    ld.assert_alive()
+    client.call("close_prefix", prefix="")
+
+
+@pytest.mark.parametrize("fam", ["v4", "v6"])
+def test_connect_timeout(loom_manager, topo, client, fam):
+    """Upstream SYNs are dropped in the router: with --connect-timeout 2 the
+    client is reset after about 2 s."""
+    ld = loom_manager.ensure(["--connect-timeout", "2"])
+    dst = harness.BLACKHOLE_V4 if fam == "v4" else harness.BLACKHOLE_V6
+    drops0 = topo.blackhole_drops()
+    t0 = time.monotonic()
+    r = client.call("connect", name="c", host=dst, port=80, timeout=10)
+    if r["ok"]:
+        p = client.call("probe", name="c", timeout=10)
+        end = p["end"]
+    else:
+        end = r["error"]
+    took = time.monotonic() - t0
+    assert topo.blackhole_drops() > drops0, "router dropped nothing: the blackhole is not in the path"
+    assert end in ("reset", "ECONNRESET", "ECONNREFUSED", "ETIMEDOUT"), (
+        "client saw %r after %.1fs%s" % (end, took, ctx(ld)))
+    assert 1.5 <= took <= 4.5, "reset came after %.2fs, expected ~2s%s" % (took, ctx(ld))
+    st = ld.wait_status(lambda s: counter(s, "active") == 0, 5)
+    assert counter(st, "active") == 0
+    ld.assert_alive()
+
+
+def test_sigterm_stops_loomd(loom_manager, client, echo_server):
+    """SIGTERM stops loomd promptly and its listeners go away."""
+    ld = loom_manager.ensure([])
+    assert client.call("connect", name="c", host=S_V4, port=ECHO_PORT)["ok"]
+    assert client.call("echo", name="c", nbytes=100)["ok"]
+    rc, took = ld.stop()
+    loom_manager.current = None
+    assert rc is not None and took < 5, "loomd did not exit within 5s of SIGTERM"
+    assert rc in (0, -15), "loomd exit status %s after SIGTERM:\n%s" % (rc, ld.stderr_text())
+    r = client.call("connect", name="d", host=S_V4, port=ECHO_PORT, timeout=3)
+    assert not r["ok"] and r["error"] == "ECONNREFUSED", (
+        "port 15001 still answers after loomd exited: %s" % r)
