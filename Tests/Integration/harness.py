@@ -146,6 +146,10 @@ class Topology:
         for ns in self.names:
             run("ip", "netns", "add", ns)
             _live_namespaces.append(ns)
+            # no duplicate address detection on links created in here, so
+            # link-local addresses are usable at once (NDP, router paths)
+            ns_exec(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0")
             run("ip", "-n", ns, "link", "set", "lo", "up")
         # veths are created inside the namespaces directly (never in root)
         run("ip", "-n", C, "link", "add", "eth0", "type", "veth",
@@ -168,6 +172,27 @@ class Topology:
         ns_exec(R, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         ns_exec(R, "nft", "-f", "-", input=ROUTER_NFT)
         ns_exec(C, "nft", "-f", "-", input=CLIENT_NFT)
+        self.wait_paths()
+
+    def wait_paths(self, timeout=10.0):
+        """Wait until C reaches S over both families (fresh links drop or
+        delay the first packets while NDP/carrier settle).  Probes a closed
+        port with Loom's mark, so they bypass the redirect."""
+        code = (
+            "import socket,sys,time\n"
+            "for a in sys.argv[1:]:\n"
+            "  end=time.time()+%f\n"
+            "  while True:\n"
+            "    s=socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET)\n"
+            "    s.setsockopt(socket.SOL_SOCKET,socket.SO_MARK,%d)\n"
+            "    s.settimeout(0.3)\n"
+            "    try: s.connect((a,9)); break\n"
+            "    except ConnectionRefusedError: break\n"
+            "    except OSError:\n"
+            "      if time.time()>end: sys.exit('no path to '+a)\n"
+            "    finally: s.close()\n") % (timeout, LOOM_MARK)
+        ns_exec(self.client, sys.executable, "-c", code, S_V4, S_V6,
+                timeout=timeout * 2 + 5)
 
     def destroy(self):
         for ns in self.names:

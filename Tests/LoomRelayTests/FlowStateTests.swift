@@ -1,1 +1,136 @@
 import Testing
+
+@testable import LoomRelay
+
+/// Drives one direction's state machine with made-up splice results.
+@Suite struct FlowStateTests {
+    @Test func idleDirectionWaitsAndHoldsNoPipe() {
+        let flow = FlowState()
+        #expect(flow.nextStep() == .wait)
+        #expect(!flow.holdsPipe)
+    }
+
+    @Test func readableSourceTakesAPipeThenReadsIntoIt() {
+        var flow = FlowState()
+        flow.sourceReadable = true
+        #expect(flow.nextStep() == .acquirePipe)
+        flow.pipeAcquired(capacity: 65536)
+        #expect(flow.nextStep() == .spliceIn(count: 65536))
+    }
+
+    @Test func bytesInThePipeGoOutOnlyWhenTheSinkIsWritable() {
+        var flow = FlowState()
+        flow.sourceReadable = true
+        flow.pipeAcquired(capacity: 65536)
+        flow.splicedIn(1000)
+        #expect(flow.nextStep() == .wait, "sink not writable yet: backpressure, no more reads")
+        flow.sinkWritable = true
+        #expect(flow.nextStep() == .spliceOut(count: 1000))
+        flow.splicedOut(400)
+        #expect(flow.nextStep() == .spliceOut(count: 600))
+        flow.splicedOut(nil)
+        #expect(!flow.sinkWritable)
+        #expect(flow.nextStep() == .wait)
+        #expect(flow.buffered == 600)
+    }
+
+    @Test func doesNotReadWhilePipeHoldsBytes() {
+        // EAGAIN into a non-empty pipe would be ambiguous (pipe full or source empty).
+        var flow = FlowState()
+        flow.sourceReadable = true
+        flow.sinkWritable = false
+        flow.pipeAcquired(capacity: 4096)
+        flow.splicedIn(10)
+        #expect(flow.nextStep() == .wait)
+    }
+
+    @Test func drainedPipeIsReleasedWhenSourceHasNothing() {
+        var flow = FlowState()
+        flow.sourceReadable = true
+        flow.sinkWritable = true
+        flow.pipeAcquired(capacity: 4096)
+        flow.splicedIn(100)
+        flow.splicedOut(100)
+        #expect(flow.nextStep() == .spliceIn(count: 4096), "source still readable: keep the pipe")
+        flow.splicedIn(nil)
+        #expect(flow.nextStep() == .releasePipe)
+        flow.pipeReleased()
+        #expect(flow.nextStep() == .wait)
+        #expect(flow.bytesRelayed == 100)
+    }
+
+    @Test func halfCloseIsForwardedOnlyAfterThePipeDrains() {
+        var flow = FlowState()
+        flow.sourceReadable = true
+        flow.pipeAcquired(capacity: 4096)
+        flow.splicedIn(500)
+        flow.splicedIn(0)  // would not happen with bytes buffered, but EOF must still wait
+        #expect(flow.sourceEnded)
+        #expect(flow.nextStep() == .wait, "FIN must not overtake the 500 bytes")
+        flow.sinkWritable = true
+        #expect(flow.nextStep() == .spliceOut(count: 500))
+        flow.splicedOut(500)
+        #expect(flow.nextStep() == .releasePipe)
+        flow.pipeReleased()
+        #expect(flow.nextStep() == .shutdownSink)
+        flow.sinkShutDown()
+        #expect(flow.nextStep() == .done)
+        #expect(flow.isDone)
+    }
+
+    @Test func endOfStreamWithEmptyPipe() {
+        var flow = FlowState()
+        flow.sourceReadable = true
+        flow.pipeAcquired(capacity: 4096)
+        flow.splicedIn(0)
+        #expect(flow.nextStep() == .releasePipe)
+        flow.pipeReleased()
+        #expect(flow.nextStep() == .shutdownSink)
+    }
+
+    @Test func waitingForAPipeDoesNotAskAgain() {
+        var flow = FlowState()
+        flow.sourceReadable = true
+        flow.waitingForPipe = true
+        #expect(flow.nextStep() == .wait)
+        flow.pipeAcquired(capacity: 8192)
+        #expect(!flow.waitingForPipe)
+        #expect(flow.nextStep() == .spliceIn(count: 8192))
+    }
+}
+
+@Suite struct ConnectionStateTests {
+    @Test func connectTimeoutFiresOnlyWhileConnecting() {
+        var state = ConnectionState(now: 1000)
+        #expect(state.timeoutCheck(now: 5000, connectTimeoutMs: 10_000, idleTimeoutMs: 60_000) == nil)
+        #expect(state.timeoutCheck(now: 11_000, connectTimeoutMs: 10_000, idleTimeoutMs: 60_000) == .connectTimeout)
+        state.connected(now: 2000)
+        #expect(state.timeoutCheck(now: 11_000, connectTimeoutMs: 10_000, idleTimeoutMs: 60_000) == nil)
+    }
+
+    @Test func idleTimeoutCountsFromLastActivity() {
+        var state = ConnectionState(now: 0)
+        state.connected(now: 0)
+        state.touched(now: 50_000)
+        #expect(state.timeoutCheck(now: 100_000, connectTimeoutMs: 1, idleTimeoutMs: 60_000) == nil)
+        #expect(state.timeoutCheck(now: 110_000, connectTimeoutMs: 1, idleTimeoutMs: 60_000) == .idleTimeout)
+        #expect(state.timeoutCheck(now: 10_000_000, connectTimeoutMs: 1, idleTimeoutMs: 0) == nil, "0 disables")
+    }
+
+    @Test func finishedOnlyWhenBothDirectionsForwardedFIN() {
+        var state = ConnectionState(now: 0)
+        state.connected(now: 0)
+        state.outbound.sinkShutDown()
+        #expect(!state.isFinished)
+        state.inbound.sinkShutDown()
+        #expect(state.isFinished)
+    }
+
+    @Test func resetsAreNeverCleanCloses() {
+        #expect(CloseReason.upstreamReset.resets)
+        #expect(CloseReason.clientReset.resets)
+        #expect(CloseReason.upstreamRefused.resets)
+        #expect(CloseReason.connectTimeout.resets)
+        #expect(!CloseReason.finished.resets)
+    }
+}
