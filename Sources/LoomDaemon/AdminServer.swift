@@ -45,7 +45,10 @@ final class AdminServer: Sendable {
     func stop() {
         stopping.store(true, ordering: .relaxed)
         listener.shutdownBoth()
-        thread.withLock { $0?.join(); $0 = nil }
+        thread.withLock {
+            $0?.join()
+            $0 = nil
+        }
         listener.close()
         removeFile(path)
     }

@@ -14,7 +14,12 @@ public struct DaemonSettings: Sendable {
     /// On SIGTERM, wait this long for connections to finish before resetting them.
     public var drainTimeoutMs: Int64
 
-    public init(netns: String?, relay: RelayConfiguration, adminSocket: String = "/run/loom/admin.sock", drainTimeoutMs: Int64 = 5000) {
+    public init(
+        netns: String?,
+        relay: RelayConfiguration,
+        adminSocket: String = "/run/loom/admin.sock",
+        drainTimeoutMs: Int64 = 5000
+    ) {
         self.netns = netns
         self.relay = relay
         self.adminSocket = adminSocket
@@ -45,11 +50,18 @@ public final class Daemon: @unchecked Sendable {
         let pipePages = SystemProcess.readInteger(path: "/proc/sys/fs/pipe-user-pages-soft") ?? 16384
         let config = settings.relay
         let budget = ResourceBudget(
-            fileLimit: fileLimit, pipePages: pipePages > 0 ? pipePages : Int.max / 2, pipeSize: config.pipeSize,
-            pageSize: SystemProcess.pageSize, loops: config.loops, requestedConnections: config.maxConnections)
+            fileLimit: fileLimit,
+            pipePages: pipePages > 0 ? pipePages : Int.max / 2,
+            pipeSize: config.pipeSize,
+            pageSize: SystemProcess.pageSize,
+            loops: config.loops,
+            requestedConnections: config.maxConnections
+        )
         self.budget = budget
         if budget.clamped {
-            logger.warning("--max-connections \(config.maxConnections ?? 0) does not fit the fd budget; using \(budget.maxConnections)")
+            logger.warning(
+                "--max-connections \(config.maxConnections ?? 0) does not fit the fd budget; using \(budget.maxConnections)"
+            )
         }
         logger.info("budget: \(budget)")
 
@@ -58,8 +70,13 @@ public final class Daemon: @unchecked Sendable {
         let perLoopPipes = max(2, budget.maxPipes / config.loops)
         for id in 0..<config.loops {
             let loop = RelayLoop(
-                id: id, config: config, netns: netns, maxConnections: perLoopConnections, maxPipes: perLoopPipes,
-                logger: logger)
+                id: id,
+                config: config,
+                netns: netns,
+                maxConnections: perLoopConnections,
+                maxPipes: perLoopPipes,
+                logger: logger
+            )
             do {
                 try loop.start()
             } catch {
@@ -112,8 +129,11 @@ public final class Daemon: @unchecked Sendable {
         switch command {
         case "status":
             return StatusReport(
-                netns: settings.netns, config: settings.relay, budget: budget,
-                loops: loops.map { $0.stats.snapshot() }, uptimeMs: SystemProcess.nowMilliseconds() - startedAt,
+                netns: settings.netns,
+                config: settings.relay,
+                budget: budget,
+                loops: loops.map { $0.stats.snapshot() },
+                uptimeMs: SystemProcess.nowMilliseconds() - startedAt,
                 pid: Int(SystemProcess.id)
             ).json()
         default:

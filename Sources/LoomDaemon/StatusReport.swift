@@ -11,7 +11,14 @@ public struct StatusReport: Sendable {
     public var uptimeMs: Int64
     public var pid: Int
 
-    public init(netns: String?, config: RelayConfiguration, budget: ResourceBudget?, loops: [LoopCounters], uptimeMs: Int64, pid: Int) {
+    public init(
+        netns: String?,
+        config: RelayConfiguration,
+        budget: ResourceBudget?,
+        loops: [LoopCounters],
+        uptimeMs: Int64,
+        pid: Int
+    ) {
         self.netns = netns
         self.config = config
         self.budget = budget
@@ -55,7 +62,9 @@ public func jsonEscape(_ s: String) -> String {
         case "\t": out += "\\t"
         default:
             if scalar.value < 0x20 {
-                out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
+                out +=
+                    "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
+                    + String(scalar.value, radix: 16)
             } else {
                 out.unicodeScalars.append(scalar)
             }

@@ -22,9 +22,15 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var ipv6: Bool
 
     public init(
-        loops: Int = 1, outboundPort: UInt16 = 15001, socketMark: UInt32 = RelayConfiguration.defaultMark,
-        connectTimeoutMs: Int64 = 10_000, idleTimeoutMs: Int64 = 3_600_000, pipeSize: Int = 0,
-        maxConnections: Int? = nil, backlog: Int32 = 4096, ipv6: Bool = true
+        loops: Int = 1,
+        outboundPort: UInt16 = 15001,
+        socketMark: UInt32 = RelayConfiguration.defaultMark,
+        connectTimeoutMs: Int64 = 10_000,
+        idleTimeoutMs: Int64 = 3_600_000,
+        pipeSize: Int = 0,
+        maxConnections: Int? = nil,
+        backlog: Int32 = 4096,
+        ipv6: Bool = true
     ) {
         self.loops = loops
         self.outboundPort = outboundPort

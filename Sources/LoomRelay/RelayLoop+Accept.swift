@@ -41,7 +41,8 @@ extension RelayLoop {
                 lastAcceptErrorLog = now
                 logger.warning(
                     "accept failed: \(error); pausing accept for 1 s",
-                    metadata: ["open_connections": "\(slots.count - freeSlots.count)", "open_pipes": "\(pool.open)"])
+                    metadata: ["open_connections": "\(slots.count - freeSlots.count)", "open_pipes": "\(pool.open)"]
+                )
             }
         default:
             logger.warning("accept failed: \(error)")
@@ -55,7 +56,8 @@ extension RelayLoop {
         if atLimit && !acceptPausedForLimit {
             acceptPausedForLimit = true
             logger.warning(
-                "connection limit reached (\(maxConnections) on this loop); pausing accept until a connection closes")
+                "connection limit reached (\(maxConnections) on this loop); pausing accept until a connection closes"
+            )
         } else if !atLimit && acceptPausedForLimit {
             acceptPausedForLimit = false
             logger.info("below the connection limit again; accepting")
@@ -74,7 +76,10 @@ extension RelayLoop {
         do {
             destination = try fd.originalDestination(family: family)
         } catch {
-            refuse(fd, "connection from \(clientAddress) has no original destination (\(error)); was it redirected by nf_tables? refusing")
+            refuse(
+                fd,
+                "connection from \(clientAddress) has no original destination (\(error)); was it redirected by nf_tables? refusing"
+            )
             return
         }
         // A connection aimed at Loom's own listener would relay to itself forever.
@@ -82,7 +87,10 @@ extension RelayLoop {
             || (destination.address.port == config.outboundPort
                 && (destination.address.isLoopback || destination.address.isUnspecified))
         {
-            refuse(fd, "connection from \(clientAddress) to \(destination) targets Loom's own listener; refusing (no loops)")
+            refuse(
+                fd,
+                "connection from \(clientAddress) to \(destination) targets Loom's own listener; refusing (no loops)"
+            )
             return
         }
 

@@ -139,11 +139,17 @@ extension RelayLoop {
                     pipe = try pool.acquire()
                 } catch {
                     // Out of fds for a pipe: wait like a pool at its budget does.
-                    logger.warning("cannot create a pipe: \(error); connection \(conn.clientAddress) -> \(conn.destination) waits")
+                    logger.warning(
+                        "cannot create a pipe: \(error); connection \(conn.clientAddress) -> \(conn.destination) waits"
+                    )
                     pipe = nil
                 }
                 guard let pipe else {
-                    if outbound { conn.state.outbound.waitingForPipe = true } else { conn.state.inbound.waitingForPipe = true }
+                    if outbound {
+                        conn.state.outbound.waitingForPipe = true
+                    } else {
+                        conn.state.inbound.waitingForPipe = true
+                    }
                     pipeWaiters.append(conn.identity | direction.rawValue << 31)
                     return nil
                 }
@@ -161,7 +167,7 @@ extension RelayLoop {
             case .shutdownSink:
                 do {
                     try sink.shutdownWrite()
-                } catch where error.errno == Errno.notConnected {
+                } catch  where error.errno == Errno.notConnected {
                     // The sink's peer already closed; a FIN has nowhere to go. Not an error.
                 } catch {
                     return resetReason(side: outbound ? .upstream : .client, errno: error.errno, call: "shutdown")
@@ -195,7 +201,8 @@ extension RelayLoop {
             let (index, generation, _) = Token.decode(entry & ~(1 << 31))
             let direction: Direction = entry & (1 << 31) != 0 ? .inbound : .outbound
             let conn = slots[index]
-            let waiting = direction == .outbound ? conn.state.outbound.waitingForPipe : conn.state.inbound.waitingForPipe
+            let waiting =
+                direction == .outbound ? conn.state.outbound.waitingForPipe : conn.state.inbound.waitingForPipe
             guard conn.inUse, conn.generation == generation, waiting else {
                 pipeWaitersHead += 1
                 continue
@@ -257,9 +264,13 @@ extension RelayLoop {
         if reason == .finished || reason == .shutdown {
             logger.debug("\(conn.clientAddress) -> \(conn.destination) \(reason)")
         } else if reason == .upstreamRefused {
-            logger.info("upstream \(conn.destination) refused the connection from \(conn.clientAddress); is the service listening? client reset")
+            logger.info(
+                "upstream \(conn.destination) refused the connection from \(conn.clientAddress); is the service listening? client reset"
+            )
         } else if reason != .connectTimeout {
-            logger.info("\(conn.clientAddress) -> \(conn.destination) ended: \(reason)\(reset ? "; both sides reset" : "")")
+            logger.info(
+                "\(conn.clientAddress) -> \(conn.destination) ended: \(reason)\(reset ? "; both sides reset" : "")"
+            )
         }
         if acceptPausedForLimit { updateAcceptState() }
     }

@@ -47,7 +47,14 @@ public final class RelayLoop: @unchecked Sendable {
     /// Splice calls one connection may make before others get a turn.
     static let fairnessBudget = 32
 
-    public init(id: Int, config: RelayConfiguration, netns: NetworkNamespace?, maxConnections: Int, maxPipes: Int, logger: Logger) {
+    public init(
+        id: Int,
+        config: RelayConfiguration,
+        netns: NetworkNamespace?,
+        maxConnections: Int,
+        maxPipes: Int,
+        logger: Logger
+    ) {
         self.id = id
         self.config = config
         self.netns = netns
@@ -117,7 +124,8 @@ public final class RelayLoop: @unchecked Sendable {
             }
             if let failure {
                 opened?.close()
-                let unsupported = failure.errno == Errno.addressNotAvailable || failure.errno == Errno.familyNotSupported
+                let unsupported =
+                    failure.errno == Errno.addressNotAvailable || failure.errno == Errno.familyNotSupported
                 if isV6 && unsupported {
                     logger.warning("IPv6 is not available in this network namespace; listening on IPv4 only")
                     continue
@@ -187,10 +195,14 @@ public final class RelayLoop: @unchecked Sendable {
     private func sweep() {
         for conn in slots where conn.inUse {
             if let reason = conn.state.timeoutCheck(
-                now: now, connectTimeoutMs: config.connectTimeoutMs, idleTimeoutMs: config.idleTimeoutMs)
-            {
+                now: now,
+                connectTimeoutMs: config.connectTimeoutMs,
+                idleTimeoutMs: config.idleTimeoutMs
+            ) {
                 if reason == .connectTimeout {
-                    logger.info("upstream \(conn.destination) did not answer within \(config.connectTimeoutMs) ms; resetting client \(conn.clientAddress)")
+                    logger.info(
+                        "upstream \(conn.destination) did not answer within \(config.connectTimeoutMs) ms; resetting client \(conn.clientAddress)"
+                    )
                 }
                 close(conn, reason: reason)
             }

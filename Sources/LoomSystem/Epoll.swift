@@ -43,12 +43,16 @@ public final class Epoll {
 
     /// Registers `target` for `interest`, with `token` returned in its events.
     public func add(_ target: FileDescriptor, interest: EpollEvents, token: UInt64) throws(SystemError) {
-        _ = try syscall("epoll_ctl(ADD)") { cloom_epoll_ctl(fd.rawValue, CLOOM_EPOLL_ADD, target.rawValue, interest.rawValue, token) }
+        _ = try syscall("epoll_ctl(ADD)") {
+            cloom_epoll_ctl(fd.rawValue, CLOOM_EPOLL_ADD, target.rawValue, interest.rawValue, token)
+        }
     }
 
     /// Changes the interest of a registered descriptor.
     public func modify(_ target: FileDescriptor, interest: EpollEvents, token: UInt64) throws(SystemError) {
-        _ = try syscall("epoll_ctl(MOD)") { cloom_epoll_ctl(fd.rawValue, CLOOM_EPOLL_MOD, target.rawValue, interest.rawValue, token) }
+        _ = try syscall("epoll_ctl(MOD)") {
+            cloom_epoll_ctl(fd.rawValue, CLOOM_EPOLL_MOD, target.rawValue, interest.rawValue, token)
+        }
     }
 
     /// Removes a descriptor (closing it does the same when no duplicate exists).
@@ -66,6 +70,9 @@ public final class Epoll {
     /// The token and readiness of event `index` (< `count`).
     @inline(__always)
     public func event(_ index: Int) -> (token: UInt64, events: EpollEvents) {
-        (cloom_epoll_event_data(events, CInt(index)), EpollEvents(rawValue: cloom_epoll_event_mask(events, CInt(index))))
+        (
+            cloom_epoll_event_data(events, CInt(index)),
+            EpollEvents(rawValue: cloom_epoll_event_mask(events, CInt(index)))
+        )
     }
 }

@@ -28,7 +28,12 @@ extension FileDescriptor {
 
     /// SO_MARK: packets of this socket carry `mark` (nf_tables exempts Loom's own).
     public func setMark(_ mark: UInt32) throws(SystemError) {
-        try setOption(level: CLOOM_SOL_SOCKET, name: CLOOM_SO_MARK, value: CInt(bitPattern: mark), "setsockopt(SO_MARK)")
+        try setOption(
+            level: CLOOM_SOL_SOCKET,
+            name: CLOOM_SO_MARK,
+            value: CInt(bitPattern: mark),
+            "setsockopt(SO_MARK)"
+        )
     }
 
     /// TCP_NODELAY: a proxy must not add Nagle delay to small writes it relays.
@@ -51,7 +56,9 @@ extension FileDescriptor {
     /// Binds and listens. `reusePort` lets every relay loop own a listener on the same port.
     public func listen(on address: SocketAddress, reusePort: Bool, backlog: CInt) throws(SystemError) {
         try setOption(level: CLOOM_SOL_SOCKET, name: CLOOM_SO_REUSEADDR, value: 1)
-        if reusePort { try setOption(level: CLOOM_SOL_SOCKET, name: CLOOM_SO_REUSEPORT, value: 1, "setsockopt(SO_REUSEPORT)") }
+        if reusePort {
+            try setOption(level: CLOOM_SOL_SOCKET, name: CLOOM_SO_REUSEPORT, value: 1, "setsockopt(SO_REUSEPORT)")
+        }
         if case .v6 = address { try setOption(level: CLOOM_IPPROTO_IPV6, name: CLOOM_IPV6_V6ONLY, value: 1) }
         var storage = sockaddr_storage()
         let len = address.write(to: &storage)

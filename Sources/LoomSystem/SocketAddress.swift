@@ -109,8 +109,10 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
         var a6 = in6_addr()
         if inet_pton(AF_INET6, host, &a6) == 1 {
             let (hi, lo) = withUnsafeBytes(of: &a6) { raw in
-                (UInt64(bigEndian: raw.load(fromByteOffset: 0, as: UInt64.self)),
-                 UInt64(bigEndian: raw.load(fromByteOffset: 8, as: UInt64.self)))
+                (
+                    UInt64(bigEndian: raw.load(fromByteOffset: 0, as: UInt64.self)),
+                    UInt64(bigEndian: raw.load(fromByteOffset: 8, as: UInt64.self))
+                )
             }
             self = .v6(hi: hi, lo: lo, port: port)
             return
@@ -126,15 +128,19 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
             if family == AF_INET {
                 // Safe: ss_family says the kernel wrote a sockaddr_in.
                 return ptr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
-                    .v4(address: UInt32(bigEndian: sin.pointee.sin_addr.s_addr),
-                        port: UInt16(bigEndian: sin.pointee.sin_port))
+                    .v4(
+                        address: UInt32(bigEndian: sin.pointee.sin_addr.s_addr),
+                        port: UInt16(bigEndian: sin.pointee.sin_port)
+                    )
                 }
             } else if family == AF_INET6 {
                 return ptr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 in
                     var a = sin6.pointee.sin6_addr
                     let (hi, lo) = withUnsafeBytes(of: &a) { raw in
-                        (UInt64(bigEndian: raw.load(fromByteOffset: 0, as: UInt64.self)),
-                         UInt64(bigEndian: raw.load(fromByteOffset: 8, as: UInt64.self)))
+                        (
+                            UInt64(bigEndian: raw.load(fromByteOffset: 0, as: UInt64.self)),
+                            UInt64(bigEndian: raw.load(fromByteOffset: 8, as: UInt64.self))
+                        )
                     }
                     return .v6(hi: hi, lo: lo, port: UInt16(bigEndian: sin6.pointee.sin6_port))
                 }

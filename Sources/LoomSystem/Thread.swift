@@ -24,13 +24,18 @@ public final class SystemThread: @unchecked Sendable {
     public static func spawn(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> SystemThread {
         let thread = SystemThread(name: name, body: body)
         let context = Unmanaged.passRetained(thread).toOpaque()
-        let rc = pthread_create(&thread.handle, nil, { raw in
-            // Safe: `raw` is the retained SystemThread passed below; balanced here.
-            let thread = Unmanaged<SystemThread>.fromOpaque(raw!).takeRetainedValue()
-            _ = cloom_set_thread_name(String(thread.name.prefix(15)))
-            thread.body()
-            return nil
-        }, context)
+        let rc = pthread_create(
+            &thread.handle,
+            nil,
+            { raw in
+                // Safe: `raw` is the retained SystemThread passed below; balanced here.
+                let thread = Unmanaged<SystemThread>.fromOpaque(raw!).takeRetainedValue()
+                _ = cloom_set_thread_name(String(thread.name.prefix(15)))
+                thread.body()
+                return nil
+            },
+            context
+        )
         if rc != 0 {
             Unmanaged<SystemThread>.fromOpaque(context).release()
             throw SystemError("pthread_create", errno: rc)

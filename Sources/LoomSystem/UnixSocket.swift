@@ -24,7 +24,11 @@ extension FileDescriptor {
     /// with permissions `mode` (0600: root only).
     public static func unixListener(path: String, mode: mode_t = 0o600) throws(SystemError) -> FileDescriptor {
         var addr = try unixAddress(path)
-        let fd = FileDescriptor(rawValue: try syscall("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
+        let fd = FileDescriptor(
+            rawValue: try syscall("socket") {
+                socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            }
+        )
         unlink(path)
         do throws(SystemError) {
             _ = try withUnsafePointer(to: &addr) { (ptr) throws(SystemError) -> CInt in
@@ -44,7 +48,11 @@ extension FileDescriptor {
     /// Connects to the Unix socket at `path` (blocking).
     public static func unixConnect(path: String) throws(SystemError) -> FileDescriptor {
         var addr = try unixAddress(path)
-        let fd = FileDescriptor(rawValue: try syscall("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
+        let fd = FileDescriptor(
+            rawValue: try syscall("socket") {
+                socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            }
+        )
         do throws(SystemError) {
             _ = try withUnsafePointer(to: &addr) { (ptr) throws(SystemError) -> CInt in
                 try ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SystemError) -> CInt in

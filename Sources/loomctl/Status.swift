@@ -29,10 +29,18 @@ enum StatusText {
         let b = object["bytes"] as? [String: Any] ?? [:]
         func v(_ d: [String: Any], _ k: String) -> String { d[k].map { "\($0)" } ?? "-" }
         var lines: [String] = []
-        lines.append("loomd pid \(v(object, "pid")), netns \(object["netns"] as? String ?? "(node)"), \(v(object, "loops")) loop(s), port \(v(object, "listen_port"))")
-        lines.append("connections  active \(v(c, "active"))  accepted \(v(c, "accepted"))  refused \(v(c, "refused"))  finished \(v(c, "finished"))  failed \(v(c, "failed"))  limit \(v(c, "limit"))\((c["accept_paused"] as? Bool) == true ? "  (accept paused)" : "")")
-        lines.append("pipes        in use \(v(p, "in_use"))  cached \(v(p, "cached"))  waiting \(v(p, "waiters"))  limit \(v(p, "limit"))")
-        lines.append("bytes        client->upstream \(v(b, "client_to_upstream"))  upstream->client \(v(b, "upstream_to_client"))")
+        lines.append(
+            "loomd pid \(v(object, "pid")), netns \(object["netns"] as? String ?? "(node)"), \(v(object, "loops")) loop(s), port \(v(object, "listen_port"))"
+        )
+        lines.append(
+            "connections  active \(v(c, "active"))  accepted \(v(c, "accepted"))  refused \(v(c, "refused"))  finished \(v(c, "finished"))  failed \(v(c, "failed"))  limit \(v(c, "limit"))\((c["accept_paused"] as? Bool) == true ? "  (accept paused)" : "")"
+        )
+        lines.append(
+            "pipes        in use \(v(p, "in_use"))  cached \(v(p, "cached"))  waiting \(v(p, "waiters"))  limit \(v(p, "limit"))"
+        )
+        lines.append(
+            "bytes        client->upstream \(v(b, "client_to_upstream"))  upstream->client \(v(b, "upstream_to_client"))"
+        )
         return lines.joined(separator: "\n")
     }
 }

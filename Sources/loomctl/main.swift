@@ -6,7 +6,8 @@ struct Loomctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loomctl",
         abstract: "Operate Loom: ask the node daemon for its state.",
-        subcommands: [Status.self])
+        subcommands: [Status.self]
+    )
 }
 
 /// Options every subcommand shares.

@@ -12,9 +12,13 @@ struct Loomd: ParsableCommand {
         discussion: """
             With no configuration loomd is a transparent pass-through proxy: every connection \
             redirected to its listener goes to the destination the application asked for.
-            """)
+            """
+    )
 
-    @Option(name: .long, help: "Pod network namespace to serve: a name under /var/run/netns, a path, or a PID. Default: loomd's own.")
+    @Option(
+        name: .long,
+        help: "Pod network namespace to serve: a name under /var/run/netns, a path, or a PID. Default: loomd's own."
+    )
     var netns: String?
 
     @Option(name: .long, help: "Relay loops (threads). Default: one per core.")
@@ -51,12 +55,20 @@ struct Loomd: ParsableCommand {
     var logLevel: String = "info"
 
     func validate() throws {
-        if let loops, loops < 1 || loops > 256 { throw ValidationError("--loops must be between 1 and 256 (got \(loops))") }
-        if parseMark(mark) == nil { throw ValidationError("--mark must be a 32-bit number such as 0x4c4f (got '\(mark)')") }
-        if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical") }
+        if let loops, loops < 1 || loops > 256 {
+            throw ValidationError("--loops must be between 1 and 256 (got \(loops))")
+        }
+        if parseMark(mark) == nil {
+            throw ValidationError("--mark must be a 32-bit number such as 0x4c4f (got '\(mark)')")
+        }
+        if Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
         if connectTimeout <= 0 { throw ValidationError("--connect-timeout must be positive") }
         if idleTimeout < 0 { throw ValidationError("--idle-timeout must be 0 or positive") }
-        if pipeSize < 0 || pipeSize > 1 << 20 { throw ValidationError("--pipe-size must be between 0 and 1048576 (fs.pipe-max-size)") }
+        if pipeSize < 0 || pipeSize > 1 << 20 {
+            throw ValidationError("--pipe-size must be between 0 and 1048576 (fs.pipe-max-size)")
+        }
         if let maxConnections, maxConnections < 1 { throw ValidationError("--max-connections must be at least 1") }
     }
 
@@ -69,13 +81,24 @@ struct Loomd: ParsableCommand {
         }
         let logger = Logger(label: "loomd")
         let relay = RelayConfiguration(
-            loops: loops ?? max(1, SystemProcess.processorCount), outboundPort: outboundPort,
-            socketMark: parseMark(mark)!, connectTimeoutMs: Int64(connectTimeout * 1000),
-            idleTimeoutMs: Int64(idleTimeout * 1000), pipeSize: pipeSize, maxConnections: maxConnections,
-            ipv6: !noIpv6)
+            loops: loops ?? max(1, SystemProcess.processorCount),
+            outboundPort: outboundPort,
+            socketMark: parseMark(mark)!,
+            connectTimeoutMs: Int64(connectTimeout * 1000),
+            idleTimeoutMs: Int64(idleTimeout * 1000),
+            pipeSize: pipeSize,
+            maxConnections: maxConnections,
+            ipv6: !noIpv6
+        )
         let daemon = Daemon(
-            settings: DaemonSettings(netns: netns, relay: relay, adminSocket: adminSocket, drainTimeoutMs: Int64(drainTimeout * 1000)),
-            logger: logger)
+            settings: DaemonSettings(
+                netns: netns,
+                relay: relay,
+                adminSocket: adminSocket,
+                drainTimeoutMs: Int64(drainTimeout * 1000)
+            ),
+            logger: logger
+        )
         do {
             try daemon.start()
         } catch {

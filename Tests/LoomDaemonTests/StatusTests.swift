@@ -13,7 +13,14 @@ import Testing
         b.active = 1
         b.pipesInUse = 1
         b.bytesInbound = 7
-        let report = StatusReport(netns: "pod\"x", config: RelayConfiguration(), budget: nil, loops: [a, b], uptimeMs: 1, pid: 42)
+        let report = StatusReport(
+            netns: "pod\"x",
+            config: RelayConfiguration(),
+            budget: nil,
+            loops: [a, b],
+            uptimeMs: 1,
+            pid: 42
+        )
         let json = report.json()
         #expect(json.contains("\"active\":3"))
         #expect(json.contains("\"accepted\":5"))

@@ -6,7 +6,14 @@ import Testing
 @Suite struct ResourceBudgetTests {
     @Test func defaultBudgetOnThisMachineShape() {
         // 20,000 fds, fs.pipe-user-pages-soft = 16384, 64 KiB pipes, 4 KiB pages, 2 loops.
-        let b = ResourceBudget(fileLimit: 20_000, pipePages: 16384, pipeSize: 0, pageSize: 4096, loops: 2, requestedConnections: nil)
+        let b = ResourceBudget(
+            fileLimit: 20_000,
+            pipePages: 16384,
+            pipeSize: 0,
+            pageSize: 4096,
+            loops: 2,
+            requestedConnections: nil
+        )
         #expect(b.pagesPerPipe == 16)
         #expect(b.maxPipes == 1024)
         #expect(b.reservedFiles + 2 * b.maxPipes + 2 * b.maxConnections <= 20_000)
@@ -14,19 +21,40 @@ import Testing
     }
 
     @Test func requestedLimitAboveBudgetIsClamped() {
-        let b = ResourceBudget(fileLimit: 1024, pipePages: 16384, pipeSize: 0, pageSize: 4096, loops: 1, requestedConnections: 100_000)
+        let b = ResourceBudget(
+            fileLimit: 1024,
+            pipePages: 16384,
+            pipeSize: 0,
+            pageSize: 4096,
+            loops: 1,
+            requestedConnections: 100_000
+        )
         #expect(b.clamped)
         #expect(b.reservedFiles + 2 * b.maxPipes + 2 * b.maxConnections <= 1024)
     }
 
     @Test func requestedLimitWithinBudgetIsKept() {
-        let b = ResourceBudget(fileLimit: 20_000, pipePages: 16384, pipeSize: 0, pageSize: 4096, loops: 1, requestedConnections: 10)
+        let b = ResourceBudget(
+            fileLimit: 20_000,
+            pipePages: 16384,
+            pipeSize: 0,
+            pageSize: 4096,
+            loops: 1,
+            requestedConnections: 10
+        )
         #expect(!b.clamped)
         #expect(b.maxConnections == 10)
     }
 
     @Test func biggerPipesMeanFewerPipes() {
-        let b = ResourceBudget(fileLimit: 20_000, pipePages: 16384, pipeSize: 1 << 20, pageSize: 4096, loops: 2, requestedConnections: nil)
+        let b = ResourceBudget(
+            fileLimit: 20_000,
+            pipePages: 16384,
+            pipeSize: 1 << 20,
+            pageSize: 4096,
+            loops: 2,
+            requestedConnections: nil
+        )
         #expect(b.pagesPerPipe == 256)
         #expect(b.maxPipes == 64)
     }
