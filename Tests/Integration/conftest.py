@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 
-ECHO_PORT = 7000
+ECHO_PORT = harness.ECHO_PORT
 
 _figures = []
 

@@ -31,6 +31,7 @@ S_V6, R_S_V6 = "fd89:2::2", "fd89:2::1"
 BLACKHOLE_V4 = "10.89.3.3"          # routed to R, dropped there by nft
 BLACKHOLE_V6 = "fd89:3::3"
 OUTBOUND_PORT = 15001
+ECHO_PORT = 7000                    # shared echo server in S
 LOOM_MARK = 0x4C4F
 
 PREFIX = "lt%dx" % (os.getpid() % 10000)
@@ -251,7 +252,7 @@ class Agent:
             ["ip", "netns", "exec", ns, sys.executable, "-u",
              os.path.join(HERE, "netagent.py")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
-            text=True, bufsize=1)
+            text=True, bufsize=1, preexec_fn=_die_with_parent)
         _live_procs.append(self.proc)
         self._lock = threading.Lock()
         self._next = 0
@@ -336,6 +337,8 @@ STATUS_KEYS = {
     "pipes_in_use": ("pipes", "in_use"),
     "pipes_cached": ("pipes", "cached"),
     "loops": ("loops",),
+    "bytes_up": ("bytes", "client_to_upstream"),
+    "bytes_down": ("bytes", "upstream_to_client"),
 }
 
 
@@ -409,7 +412,18 @@ class Sampler:
         self._t.join(5)
 
 
-def _raise_nofile():
+def _die_with_parent():
+    """In a child before exec: get SIGTERM if the test run dies (even by
+    SIGKILL), so no loomd or agent outlives it."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _loomd_preexec():
+    _die_with_parent()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -431,7 +445,7 @@ class Loomd:
         self._err = open(self.errpath, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                      stdout=self._err, stderr=self._err,
-                                     preexec_fn=_raise_nofile)
+                                     preexec_fn=_loomd_preexec)
         _live_procs.append(self.proc)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
