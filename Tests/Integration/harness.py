@@ -431,9 +431,10 @@ def _loomd_preexec():
 class Loomd:
     """One loomd process serving the client pod's namespace."""
 
-    def __init__(self, netns, workdir, args=()):
+    def __init__(self, netns, workdir, args=(), env=None):
         self.netns = netns
         self.args = list(args)
+        self.env = env
         self.dir = tempfile.mkdtemp(prefix="loomd-", dir=workdir)
         self.admin = os.path.join(self.dir, "admin.sock")
         self.errpath = os.path.join(self.dir, "stderr.log")
@@ -445,7 +446,7 @@ class Loomd:
         self._err = open(self.errpath, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                      stdout=self._err, stderr=self._err,
-                                     preexec_fn=_loomd_preexec)
+                                     env=self.env, preexec_fn=_loomd_preexec)
         _live_procs.append(self.proc)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
