@@ -52,7 +52,6 @@ public final class Daemon: @unchecked Sendable {
         let budget = ResourceBudget(
             fileLimit: fileLimit,
             pipePages: pipePages > 0 ? pipePages : Int.max / 2,
-            pipeSize: config.pipeSize,
             pageSize: SystemProcess.pageSize,
             loops: config.loops,
             requestedConnections: config.maxConnections
@@ -67,14 +66,13 @@ public final class Daemon: @unchecked Sendable {
 
         let netns = try settings.netns.map { selector throws in try NetworkNamespace.open(selector) }
         let perLoopConnections = max(1, (budget.maxConnections + config.loops - 1) / config.loops)
-        let perLoopPipes = max(2, budget.maxPipes / config.loops)
         for id in 0..<config.loops {
             let loop = RelayLoop(
                 id: id,
                 config: config,
                 netns: netns,
                 maxConnections: perLoopConnections,
-                maxPipes: perLoopPipes,
+                pipePages: budget.pipePagesPerLoop(loops: config.loops),
                 logger: logger
             )
             do {

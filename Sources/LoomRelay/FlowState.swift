@@ -15,6 +15,8 @@ public struct FlowState: Equatable, Sendable {
         case spliceIn(count: Int)
         /// Take a pipe from the pool before reading.
         case acquirePipe
+        /// The last read filled the pipe: ask the pool for a bigger one (bulk transfer).
+        case growPipe
         /// Give the (empty) pipe back: an idle direction holds no pipe.
         case releasePipe
         /// The source ended and every byte reached the sink: send FIN to the sink.
@@ -39,6 +41,12 @@ public struct FlowState: Equatable, Sendable {
     public private(set) var sinkShut = false
     /// Queued for a pipe because the pool was at its budget.
     public var waitingForPipe = false
+    /// The last read filled the whole pipe; a bigger pipe would take fewer calls.
+    public private(set) var growWanted = false
+    /// A grow was asked for the pipe held now (once per pipe).
+    private var growAsked = false
+    /// This direction has filled a pipe before: prefer a bulk pipe next time.
+    public private(set) var bulk = false
     /// Bytes that reached the sink in total.
     public private(set) var bytesRelayed: UInt64 = 0
 
@@ -61,6 +69,7 @@ public struct FlowState: Equatable, Sendable {
         }
         if !sourceReadable { return holdsPipe ? .releasePipe : .wait }
         if !holdsPipe { return waitingForPipe ? .wait : .acquirePipe }
+        if growWanted { return .growPipe }
         return .spliceIn(count: pipeCapacity)
     }
 
@@ -69,6 +78,14 @@ public struct FlowState: Equatable, Sendable {
         precondition(capacity > 0 && !holdsPipe)
         pipeCapacity = capacity
         waitingForPipe = false
+        growAsked = false
+    }
+
+    /// Result of `.growPipe`: the capacity the pipe has now (unchanged if the pool's
+    /// budget said no; then this direction does not ask again while it holds the pipe).
+    public mutating func pipeGrown(capacity: Int) {
+        pipeCapacity = capacity
+        growWanted = false
     }
 
     /// The pipe was given back (it was empty).
@@ -83,7 +100,16 @@ public struct FlowState: Equatable, Sendable {
             sourceReadable = false
             return
         }
-        if n == 0 { sourceEnded = true } else { buffered += n }
+        if n == 0 {
+            sourceEnded = true
+        } else {
+            if buffered == 0 && n >= pipeCapacity && !growAsked {
+                growWanted = true
+                growAsked = true
+                bulk = true
+            }
+            buffered += n
+        }
     }
 
     /// Result of `.spliceOut`: `nil` for EAGAIN, else bytes written.

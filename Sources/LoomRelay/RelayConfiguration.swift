@@ -12,7 +12,8 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var connectTimeoutMs: Int64
     /// Close a connection with no bytes either way for this long (milliseconds; 0: never).
     public var idleTimeoutMs: Int64
-    /// Bytes per pipe (0: the kernel's default, 64 KiB).
+    /// Size a bulk direction's pipe grows to (pipes start at the kernel's 64 KiB; 65536 or
+    /// less: never grow).
     public var pipeSize: Int
     /// Connections across all loops; nil: as many as the fd budget allows.
     public var maxConnections: Int?
@@ -20,6 +21,9 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var backlog: Int32
     /// Also listen on [::] for IPv6.
     public var ipv6: Bool
+    /// After handling events, keep polling epoll without sleeping for this long
+    /// (microseconds; 0: sleep at once).
+    public var busyPollMicroseconds: Int64
 
     public init(
         loops: Int = 1,
@@ -27,10 +31,11 @@ public struct RelayConfiguration: Sendable, Equatable {
         socketMark: UInt32 = RelayConfiguration.defaultMark,
         connectTimeoutMs: Int64 = 10_000,
         idleTimeoutMs: Int64 = 3_600_000,
-        pipeSize: Int = 0,
+        pipeSize: Int = 1 << 20,
         maxConnections: Int? = nil,
         backlog: Int32 = 4096,
-        ipv6: Bool = true
+        ipv6: Bool = true,
+        busyPollMicroseconds: Int64 = 0
     ) {
         self.loops = loops
         self.outboundPort = outboundPort
@@ -41,6 +46,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         self.maxConnections = maxConnections
         self.backlog = backlog
         self.ipv6 = ipv6
+        self.busyPollMicroseconds = busyPollMicroseconds
     }
 
     /// Loom's socket mark, 0x4c4f ("LO"). Chosen to stay clear of the bits Istio (0x539),
@@ -51,9 +57,9 @@ public struct RelayConfiguration: Sendable, Equatable {
 /// How many connections and pipes fit in the process's limits.
 ///
 /// An idle connection holds 2 fds (client and upstream sockets). A pipe holds 2 fds and
-/// `pipeSize / pageSize` pages of the per-user pipe budget (`fs.pipe-user-pages-soft`).
-/// Pipes are held only while bytes are in flight, so the pipe count is capped separately
-/// and charged in full to the fd budget.
+/// at least 16 pages (64 KiB) of the per-user pipe budget (`fs.pipe-user-pages-soft`);
+/// bulk pipes take more pages, never more fds. Pipes are held only while bytes are in
+/// flight, so the pipe count is capped separately and charged in full to the fd budget.
 public struct ResourceBudget: Equatable, Sendable, CustomStringConvertible {
     /// Open-files limit of the process.
     public let fileLimit: Int
@@ -61,7 +67,7 @@ public struct ResourceBudget: Equatable, Sendable, CustomStringConvertible {
     public let reservedFiles: Int
     /// Pipe pages allowed in total.
     public let pipePages: Int
-    /// Pages one pipe takes.
+    /// Pages the smallest pipe (64 KiB) takes.
     public let pagesPerPipe: Int
     /// Pipes allowed across all loops.
     public let maxPipes: Int
@@ -71,12 +77,11 @@ public struct ResourceBudget: Equatable, Sendable, CustomStringConvertible {
     public let clamped: Bool
 
     /// Computes the budget. `requestedConnections` is the user's limit, if any.
-    public init(fileLimit: Int, pipePages: Int, pipeSize: Int, pageSize: Int, loops: Int, requestedConnections: Int?) {
+    public init(fileLimit: Int, pipePages: Int, pageSize: Int, loops: Int, requestedConnections: Int?) {
         self.fileLimit = fileLimit
         self.reservedFiles = 64 + 4 * loops
         self.pipePages = pipePages
-        let effectivePipeSize = pipeSize > 0 ? pipeSize : 65536
-        self.pagesPerPipe = max(1, effectivePipeSize / pageSize)
+        self.pagesPerPipe = max(1, 65536 / pageSize)
         // Pipes (2 fds each) may take at most half of the fds that are not reserved.
         let pipeFdRoom = max(0, (fileLimit - reservedFiles) / 4)
         self.maxPipes = max(2 * loops, min(pipePages / pagesPerPipe, pipeFdRoom))
@@ -89,6 +94,9 @@ public struct ResourceBudget: Equatable, Sendable, CustomStringConvertible {
             clamped = requestedConnections != nil
         }
     }
+
+    /// Pipe pages one loop may use: its share of what the pipe count allows.
+    public func pipePagesPerLoop(loops: Int) -> Int { maxPipes * pagesPerPipe / max(1, loops) }
 
     public var description: String {
         "\(fileLimit) fds = \(reservedFiles) reserved + \(2 * maxPipes) for \(maxPipes) pipes "

@@ -136,7 +136,7 @@ extension RelayLoop {
             case .acquirePipe:
                 let pipe: Pipe?
                 do {
-                    pipe = try pool.acquire()
+                    pipe = try pool.acquire(bulk: outbound ? conn.state.outbound.bulk : conn.state.inbound.bulk)
                 } catch {
                     // Out of fds for a pipe: wait like a pool at its budget does.
                     logger.warning(
@@ -154,6 +154,15 @@ extension RelayLoop {
                     return nil
                 }
                 give(pipe, to: conn, direction)
+            case .growPipe:
+                let pipe = pool.grow((outbound ? conn.outboundPipe : conn.inboundPipe)!)
+                if outbound {
+                    conn.outboundPipe = pipe
+                    conn.state.outbound.pipeGrown(capacity: pipe.capacity)
+                } else {
+                    conn.inboundPipe = pipe
+                    conn.state.inbound.pipeGrown(capacity: pipe.capacity)
+                }
             case .releasePipe:
                 let pipe = (outbound ? conn.outboundPipe : conn.inboundPipe)!
                 if outbound {

@@ -52,14 +52,14 @@ public final class RelayLoop: @unchecked Sendable {
         config: RelayConfiguration,
         netns: NetworkNamespace?,
         maxConnections: Int,
-        maxPipes: Int,
+        pipePages: Int,
         logger: Logger
     ) {
         self.id = id
         self.config = config
         self.netns = netns
         self.maxConnections = maxConnections
-        self.pool = PipePool(pipeSize: config.pipeSize, limit: maxPipes, cacheLimit: min(64, maxPipes))
+        self.pool = PipePool(bulkSize: config.pipeSize, pageLimit: pipePages, pageSize: SystemProcess.pageSize)
         self.logger = logger
         self.logger[metadataKey: "loop"] = "\(id)"
     }
@@ -143,10 +143,19 @@ public final class RelayLoop: @unchecked Sendable {
         var nextSweep = now + 500
         while !stopFlag.load(ordering: .relaxed) {
             if stopAcceptingFlag.load(ordering: .relaxed) && !listeners.isEmpty { closeListeners() }
-            let timeout: Int32 = ready.isEmpty ? 250 : 0
-            let count: Int
+            var count: Int
             do {
-                count = try epoll.wait(timeoutMs: timeout)
+                // Busy polling: right after work, poll without sleeping for a few
+                // microseconds; the next event of a request/response exchange usually
+                // arrives within that window, and is then handled without a wake-up.
+                count = try epoll.wait(timeoutMs: 0)
+                if count == 0 && ready.isEmpty && config.busyPollMicroseconds > 0 {
+                    let until = SystemProcess.nowMicroseconds() + config.busyPollMicroseconds
+                    while count == 0 && SystemProcess.nowMicroseconds() < until {
+                        count = try epoll.wait(timeoutMs: 0)
+                    }
+                }
+                if count == 0 && ready.isEmpty { count = try epoll.wait(timeoutMs: 250) }
             } catch {
                 logger.critical("epoll_wait failed: \(error); relay loop stops")
                 break

@@ -48,6 +48,13 @@ public struct Pipe: Sendable {
         return Pipe(read: read, write: write, capacity: capacity)
     }
 
+    /// The same pipe with its capacity changed to `size` (F_SETPIPE_SZ), or nil if the
+    /// kernel refused (bytes inside exceed the size, or the per-user limit is reached).
+    public func resized(to size: Int) -> Pipe? {
+        let granted = cloom_pipe_set_size(write.rawValue, CInt(size))
+        return granted > 0 ? Pipe(read: read, write: write, capacity: Int(granted)) : nil
+    }
+
     /// Closes both ends (bytes still inside are discarded).
     public func close() {
         read.close()

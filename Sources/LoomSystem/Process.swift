@@ -11,6 +11,10 @@ public enum SystemProcess {
     @inline(__always)
     public static func nowMilliseconds() -> Int64 { cloom_now_ms() }
 
+    /// Monotonic microseconds (vDSO clock_gettime, no syscall), for busy-poll windows.
+    @inline(__always)
+    public static func nowMicroseconds() -> Int64 { cloom_now_us() }
+
     /// Raises the soft open-files limit to the hard limit and returns it.
     public static func raiseOpenFilesLimit() -> Int { Int(cloom_raise_nofile_limit()) }
 

@@ -39,8 +39,11 @@ struct Loomd: ParsableCommand {
     @Option(name: .long, help: "Close connections idle this many seconds (0: never).")
     var idleTimeout: Double = 3600
 
-    @Option(name: .long, help: "Pipe size in bytes (0: kernel default, 64 KiB).")
-    var pipeSize: Int = 0
+    @Option(name: .long, help: "Bytes a bulk transfer's pipe grows to (pipes start at 64 KiB; 65536: never grow).")
+    var pipeSize: Int = 1 << 20
+
+    @Option(name: .long, help: "Microseconds a relay loop keeps polling after work before it sleeps (0: off).")
+    var busyPoll: Int64 = 0
 
     @Flag(name: .long, help: "Do not listen on IPv6.")
     var noIpv6 = false
@@ -66,8 +69,11 @@ struct Loomd: ParsableCommand {
         }
         if connectTimeout <= 0 { throw ValidationError("--connect-timeout must be positive") }
         if idleTimeout < 0 { throw ValidationError("--idle-timeout must be 0 or positive") }
-        if pipeSize < 0 || pipeSize > 1 << 20 {
-            throw ValidationError("--pipe-size must be between 0 and 1048576 (fs.pipe-max-size)")
+        if pipeSize < 65536 || pipeSize > 1 << 20 {
+            throw ValidationError("--pipe-size must be between 65536 and 1048576 (fs.pipe-max-size)")
+        }
+        if busyPoll < 0 || busyPoll > 100_000 {
+            throw ValidationError("--busy-poll must be between 0 and 100000 microseconds")
         }
         if let maxConnections, maxConnections < 1 { throw ValidationError("--max-connections must be at least 1") }
     }
@@ -88,7 +94,8 @@ struct Loomd: ParsableCommand {
             idleTimeoutMs: Int64(idleTimeout * 1000),
             pipeSize: pipeSize,
             maxConnections: maxConnections,
-            ipv6: !noIpv6
+            ipv6: !noIpv6,
+            busyPollMicroseconds: busyPoll
         )
         let daemon = Daemon(
             settings: DaemonSettings(

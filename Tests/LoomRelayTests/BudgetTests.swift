@@ -9,7 +9,6 @@ import Testing
         let b = ResourceBudget(
             fileLimit: 20_000,
             pipePages: 16384,
-            pipeSize: 0,
             pageSize: 4096,
             loops: 2,
             requestedConnections: nil
@@ -24,7 +23,6 @@ import Testing
         let b = ResourceBudget(
             fileLimit: 1024,
             pipePages: 16384,
-            pipeSize: 0,
             pageSize: 4096,
             loops: 1,
             requestedConnections: 100_000
@@ -37,7 +35,6 @@ import Testing
         let b = ResourceBudget(
             fileLimit: 20_000,
             pipePages: 16384,
-            pipeSize: 0,
             pageSize: 4096,
             loops: 1,
             requestedConnections: 10
@@ -46,26 +43,25 @@ import Testing
         #expect(b.maxConnections == 10)
     }
 
-    @Test func biggerPipesMeanFewerPipes() {
+    @Test func fewFdsCapPipesToo() {
         let b = ResourceBudget(
-            fileLimit: 20_000,
+            fileLimit: 600,
             pipePages: 16384,
-            pipeSize: 1 << 20,
             pageSize: 4096,
             loops: 2,
             requestedConnections: nil
         )
-        #expect(b.pagesPerPipe == 256)
-        #expect(b.maxPipes == 64)
+        #expect(b.maxPipes <= (600 - b.reservedFiles) / 4, "pipes take at most half the free fds")
+        #expect(b.pipePagesPerLoop(loops: 2) == b.maxPipes * 16 / 2)
     }
 }
 
 @Suite struct PipePoolTests {
-    @Test func reusesEmptyPipesAndStopsAtItsLimit() throws {
-        var pool = PipePool(pipeSize: 0, limit: 2, cacheLimit: 2)
+    @Test func reusesEmptyPipesAndStopsAtItsPageBudget() throws {
+        var pool = PipePool(bulkSize: 65536, pageLimit: 32, pageSize: 4096, cacheLimit: 2)
         let a = try #require(try pool.acquire())
         let b = try #require(try pool.acquire())
-        #expect(try pool.acquire() == nil, "at the limit: callers wait")
+        #expect(try pool.acquire() == nil, "32 pages = two 64 KiB pipes: callers wait")
         pool.release(a, empty: true)
         #expect(pool.cachedCount == 1)
         let c = try #require(try pool.acquire())
@@ -74,7 +70,22 @@ import Testing
         #expect(pool.open == 1, "a pipe with bytes left is closed, never reused")
         pool.release(c, empty: true)
         pool.drain()
-        #expect(pool.open == 0)
+        #expect(pool.open == 0 && pool.openPages == 0)
+    }
+
+    @Test func bulkPipesGrowWithinTheBudgetAndAreReusedForBulk() throws {
+        var pool = PipePool(bulkSize: 1 << 20, pageLimit: 256 + 16, pageSize: 4096)
+        let small = try #require(try pool.acquire())
+        #expect(small.capacity == 65536)
+        let grown = pool.grow(small)
+        #expect(grown.capacity == 1 << 20)
+        #expect(pool.openPages == 256)
+        let other = try #require(try pool.acquire())
+        #expect(pool.grow(other).capacity == 65536, "no pages left for a second bulk pipe")
+        pool.release(other, empty: true)
+        pool.release(grown, empty: true)
+        #expect(try pool.acquire(bulk: true)?.capacity == 1 << 20, "bulk directions get the bulk pipe back")
+        #expect(try pool.acquire(bulk: false)?.capacity == 65536)
     }
 
     @Test func pipeSizeIsAskedOfTheKernel() throws {

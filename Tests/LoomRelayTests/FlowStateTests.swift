@@ -88,6 +88,23 @@ import Testing
         #expect(flow.nextStep() == .shutdownSink)
     }
 
+    @Test func aReadThatFillsThePipeAsksOnceForABiggerOne() {
+        var flow = FlowState()
+        flow.sourceReadable = true
+        flow.sinkWritable = true
+        flow.pipeAcquired(capacity: 65536)
+        flow.splicedIn(65536)
+        #expect(flow.bulk)
+        #expect(flow.nextStep() == .spliceOut(count: 65536), "bytes first")
+        flow.splicedOut(65536)
+        #expect(flow.nextStep() == .growPipe)
+        flow.pipeGrown(capacity: 65536)  // the pool said no
+        #expect(flow.nextStep() == .spliceIn(count: 65536))
+        flow.splicedIn(65536)
+        flow.splicedOut(65536)
+        #expect(flow.nextStep() == .spliceIn(count: 65536), "asked once per pipe")
+    }
+
     @Test func waitingForAPipeDoesNotAskAgain() {
         var flow = FlowState()
         flow.sourceReadable = true

@@ -76,6 +76,8 @@ extern const int CLOOM_SOL_SOCKET, CLOOM_SO_REUSEADDR, CLOOM_SO_REUSEPORT, CLOOM
 int cloom_setns_net(int fd);
 /// Monotonic coarse clock in milliseconds (cheap: vDSO, no syscall).
 int64_t cloom_now_ms(void);
+/// Monotonic clock in microseconds (vDSO).
+int64_t cloom_now_us(void);
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit.
 long cloom_raise_nofile_limit(void);
 /// Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1 in the calling thread (inherited by threads
