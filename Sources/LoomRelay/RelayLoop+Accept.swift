@@ -82,10 +82,11 @@ extension RelayLoop {
             )
             return
         }
-        // A connection aimed at Loom's own listener would relay to itself forever.
-        if destination.address == fd.localAddress()
-            || (destination.address.port == config.outboundPort
-                && (destination.address.isLoopback || destination.address.isUnspecified))
+        // A connection aimed at Loom's own listener would relay to itself forever. Only
+        // the listener's port can be that, so other ports skip the getsockname call.
+        let target = destination.address
+        if target.port == config.outboundPort
+            && (target.isLoopback || target.isUnspecified || target == fd.localAddress())
         {
             refuse(
                 fd,

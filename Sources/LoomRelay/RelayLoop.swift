@@ -145,17 +145,20 @@ public final class RelayLoop: @unchecked Sendable {
             if stopAcceptingFlag.load(ordering: .relaxed) && !listeners.isEmpty { closeListeners() }
             var count: Int
             do {
-                // Busy polling: right after work, poll without sleeping for a few
-                // microseconds; the next event of a request/response exchange usually
-                // arrives within that window, and is then handled without a wake-up.
-                count = try epoll.wait(timeoutMs: 0)
-                if count == 0 && ready.isEmpty && config.busyPollMicroseconds > 0 {
+                if config.busyPollMicroseconds > 0 && ready.isEmpty {
+                    // Busy polling: right after work, poll without sleeping for a few
+                    // microseconds; the next event of a request/response exchange
+                    // usually arrives within that window and is handled without a
+                    // scheduler wake-up.
+                    count = try epoll.wait(timeoutMs: 0)
                     let until = SystemProcess.nowMicroseconds() + config.busyPollMicroseconds
                     while count == 0 && SystemProcess.nowMicroseconds() < until {
                         count = try epoll.wait(timeoutMs: 0)
                     }
+                    if count == 0 { count = try epoll.wait(timeoutMs: 250) }
+                } else {
+                    count = try epoll.wait(timeoutMs: ready.isEmpty ? 250 : 0)
                 }
-                if count == 0 && ready.isEmpty { count = try epoll.wait(timeoutMs: 250) }
             } catch {
                 logger.critical("epoll_wait failed: \(error); relay loop stops")
                 break

@@ -431,7 +431,8 @@ def _loomd_preexec():
 class Loomd:
     """One loomd process serving the client pod's namespace."""
 
-    def __init__(self, netns, workdir, args=(), env=None):
+    def __init__(self, netns, workdir, args=(), env=None, prefix=()):
+        self.prefix = list(prefix)   # e.g. ["prlimit", "--nofile=256:256"]
         self.netns = netns
         self.args = list(args)
         self.env = env
@@ -441,7 +442,7 @@ class Loomd:
         self.proc = None
 
     def start(self, ready_timeout=20.0):
-        cmd = [loomd_path(), "--netns", self.netns, "--admin-socket", self.admin,
+        cmd = self.prefix + [loomd_path(), "--netns", self.netns, "--admin-socket", self.admin,
                "--log-level", "info"] + self.args
         self._err = open(self.errpath, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,

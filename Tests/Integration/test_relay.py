@@ -378,3 +378,43 @@ def test_sigterm_stops_loomd(loom_manager, client, echo_server):
     r = client.call("connect", name="d", host=S_V4, port=ECHO_PORT, timeout=3)
     assert not r["ok"] and r["error"] == "ECONNREFUSED", (
         "port 15001 still answers after loomd exited: %s" % r)
+
+
+def test_low_fd_limit(loom_manager, topo, workdir, client, echo_server):
+    """With only 256 fds, loomd sizes its connection limit to fit (it logs the
+    budget), serves that many, holds the rest back instead of running out of
+    fds, never crashes, and serves again once connections close."""
+    import re
+    loom_manager.shutdown()  # one loomd per pod: listeners share the port
+    ld = harness.Loomd(topo.client, workdir, ["--loops", "1"],
+                       prefix=["prlimit", "--nofile=256:256"]).start()
+    try:
+        m = re.search(r"budget: 256 fds = (\d+) reserved \+ (\d+) for \d+ pipes .* \+ 2 x (\d+) connections",
+                      ld.stderr_text(full=True))
+        assert m, "no budget line for 256 fds:%s" % ctx(ld)
+        reserved, pipe_fds, conns = map(int, m.groups())
+        assert reserved + pipe_fds + 2 * conns <= 256
+        assert conns >= 16, "budget leaves only %d connections" % conns
+        r = client.call("connect_echo_many", prefix="f", n=conns, host=S_V4,
+                        port=ECHO_PORT, nbytes=4096, timeout=10)
+        assert r["ok"] == conns, "%d of %d connections within the budget worked: %s%s" % (
+            r["ok"], conns, r, ctx(ld))
+        over = [client.call("connect", name="g%d" % i, host=S_V4, port=ECHO_PORT, timeout=3)
+                for i in range(20)]
+        futs = [client.submit("echo", name="g%d" % i, nbytes=64, seed=3, timeout=1.0)
+                for i, c in enumerate(over) if c["ok"]]
+        served = sum(1 for f in futs if f.result(10)["ok"])
+        assert served == 0, "%d connections beyond the fd budget were served" % served
+        ld.assert_alive()
+        total, _, _ = ld.fds()
+        assert total < 256, "loomd holds %d fds with a limit of 256" % total
+        client.call("close_prefix", prefix="")
+        st = ld.wait_status(lambda s: counter(s, "active") == 0, 10)
+        assert counter(st, "active") == 0
+        r = client.call("connect_echo_many", prefix="h", n=10, host=S_V4,
+                        port=ECHO_PORT, nbytes=4096, timeout=10)
+        assert r["ok"] == 10, "not served again after the load: %s%s" % (r, ctx(ld))
+        ld.assert_alive()
+    finally:
+        client.call("close_prefix", prefix="")
+        ld.stop()
