@@ -23,6 +23,8 @@
 #   IDLE_CONNS     idle connections for the RSS measurement (default 3000)
 #   NGINX_WORKERS  nginx worker_processes (default 1)
 #   WRK_THREADS / WRK_CONNS   wrk -t / -c (default 2 / 64)
+#   LOOMD_ARGS     extra loomd arguments (e.g. "--busy-poll 50")
+#   HAPROXY_GLOBAL extra HAProxy global lines (e.g. "busy-polling", the equivalent)
 #   BENCH_OUT      output directory (default /tmp/loom-bench-<date>-<pid>)
 # Output: the table on stdout, and in BENCH_OUT: results.tsv (raw numbers),
 #   table.txt, logs/ (raw tool outputs, proxy logs, configs).
@@ -34,6 +36,8 @@ REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
 HELPERS="$SCRIPT_DIR/bench"
 
 LOOMD=${LOOMD:-$REPO_DIR/.build/release/loomd}
+LOOMD_ARGS=${LOOMD_ARGS:-}
+HAPROXY_GLOBAL=${HAPROXY_GLOBAL:-}
 MODES=${MODES:-"direct loom haproxy"}
 LOOPS_SINGLE=${LOOPS_SINGLE:-1}
 LOOPS_MULTI=${LOOPS_MULTI:-2}
@@ -307,6 +311,7 @@ global
     user haproxy
     group haproxy
     stats socket $TMP/haproxy.sock mode 600 level admin
+    $HAPROXY_GLOBAL
     # splice is on by default when the options below are set; tune.pipesize
     # is left at its default (kernel pipe size).
 
@@ -337,7 +342,7 @@ start_proxy() { # mode loops
     loom)
         rm -f "$TMP/admin.sock"
         # Started from the root netns; loomd enters $NS_C itself.
-        start_bg "$TMP/loomd-$n.err" - "$LOOMD" --netns "$NS_C" --loops "$n" --admin-socket "$TMP/admin.sock"
+        start_bg "$TMP/loomd-$n.err" - "$LOOMD" --netns "$NS_C" --loops "$n" --admin-socket "$TMP/admin.sock" $LOOMD_ARGS
         PROXY_PID=$LAST_PID
         local i
         for ((i = 0; i < 300; i++)); do
@@ -531,7 +536,7 @@ START=$(date +%s)
     echo "# loom bench $(date -Is) host=$(uname -n) kernel=$(uname -r) cpus=$(nproc)"
     echo "# modes=$MODES loops_single=$LOOPS_SINGLE loops_multi=$LOOPS_MULTI duration=${DURATION}s iperf_repeat=$IPERF_REPEAT idle_conns=$IDLE_CONNS nginx_workers=$NGINX_WORKERS wrk=-t$WRK_THREADS/-c$WRK_CONNS"
     echo "# haproxy: $(haproxy -v 2>/dev/null | head -1) maxconn=$HAPROXY_MAXCONN"
-    [[ " $MODES " == *" loom "* ]] && echo "# loomd: $LOOMD ($(stat -c '%y' "$LOOMD" 2>/dev/null))"
+    [[ " $MODES " == *" loom "* ]] && echo "# loomd: $LOOMD ($(stat -c '%y' "$LOOMD" 2>/dev/null)) ${LOOMD_ARGS:+args: $LOOMD_ARGS}${HAPROXY_GLOBAL:+; haproxy global: $HAPROXY_GLOBAL}"
     echo "# repo: $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo no-commit)"
 } >>"$RESULTS"
 
