@@ -34,6 +34,8 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
 HELPERS="$SCRIPT_DIR/bench"
+# shellcheck source=lib/topology.sh
+. "$SCRIPT_DIR/lib/topology.sh"
 
 LOOMD=${LOOMD:-$REPO_DIR/.build/release/loomd}
 LOOMD_ARGS=${LOOMD_ARGS:-}
@@ -182,24 +184,7 @@ listening() { # ns port
 # ---------------------------------------------------------------- topology
 setup_topology() {
     log "creating namespaces $NS_C (client) $NS_R (router) $NS_S (server)"
-    ip netns add "$NS_C"
-    ip netns add "$NS_R"
-    ip netns add "$NS_S"
-    # veths are created inside C / S and their peers moved straight into R.
-    ip -n "$NS_C" link add vc type veth peer name rc netns "$NS_R"
-    ip -n "$NS_S" link add vs type veth peer name rs netns "$NS_R"
-    for ns in "$NS_C" "$NS_R" "$NS_S"; do ip -n "$ns" link set lo up; done
-    ip -n "$NS_C" addr add "$C_IP/24" dev vc
-    ip -n "$NS_C" link set vc up
-    ip -n "$NS_C" route add default via 10.90.1.1
-    ip -n "$NS_R" addr add 10.90.1.1/24 dev rc
-    ip -n "$NS_R" addr add 10.90.2.1/24 dev rs
-    ip -n "$NS_R" link set rc up
-    ip -n "$NS_R" link set rs up
-    inR sysctl -qw net.ipv4.ip_forward=1
-    ip -n "$NS_S" addr add "$S_IP/24" dev vs
-    ip -n "$NS_S" link set vs up
-    ip -n "$NS_S" route add default via 10.90.2.1
+    topo_up "$PFX" 90
     # Per-namespace TCP knobs for the connection-rate test (many short conns).
     inC sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1
     inS sysctl -qw net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192

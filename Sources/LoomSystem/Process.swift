@@ -34,7 +34,8 @@ public enum SystemProcess {
         defer { fclose(file) }
         var line = [CChar](repeating: 0, count: 64)
         guard fgets(&line, 64, file) != nil else { return nil }
-        let text = String(cString: line).split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).first
+        let text = String(decoding: line.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self).split(
+            whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).first
         return text.flatMap { Int($0) }
     }
 

@@ -83,7 +83,7 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
                 }
             }
         }
-        return String(cString: buffer)
+        return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Parses `1.2.3.4:80`, `[::1]:80`, or with `defaultPort` a bare address.
