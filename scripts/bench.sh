@@ -331,11 +331,11 @@ start_proxy() { # mode loops
         PROXY_PID=$LAST_PID
         local i
         for ((i = 0; i < 300; i++)); do
-            grep -q ready "$TMP/loomd-$n.err" 2>/dev/null && break
+            grep -q "] ready: " "$TMP/loomd-$n.err" 2>/dev/null && break
             kill -0 "$PROXY_PID" 2>/dev/null || { tail -20 "$TMP/loomd-$n.err" >&2; die "loomd exited before ready"; }
             sleep 0.1
         done
-        grep -q ready "$TMP/loomd-$n.err" || { tail -20 "$TMP/loomd-$n.err" >&2; die "loomd not ready after 30s"; }
+        grep -q "] ready: " "$TMP/loomd-$n.err" || { tail -20 "$TMP/loomd-$n.err" >&2; die "loomd not ready after 30s"; }
         wait_for 5 "loomd listening on $LOOM_PORT" listening "$NS_C" "$LOOM_PORT"
         ;;
     haproxy)

@@ -42,7 +42,7 @@ topo_redirect "${pfx}c" 15001 0x4c4f
 echo "== starting loomd for pod ${pfx}c (built-in default: pass-through)"
 "$bin/loomd" --netns "${pfx}c" --admin-socket "$work/admin.sock" 2> >(tee "$work/loomd.log" >&2) &
 pids+=($!)
-for _ in $(seq 100); do grep -q ready "$work/loomd.log" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q "] ready: " "$work/loomd.log" 2>/dev/null && break; sleep 0.1; done
 for _ in $(seq 50); do ip netns exec "${pfx}s" bash -c '</dev/tcp/10.77.2.2/8080' 2>/dev/null && break; sleep 0.1; done
 
 echo "== curl from the client pod to http://10.77.2.2:8080/ (intercepted by nf_tables, relayed by Loom)"

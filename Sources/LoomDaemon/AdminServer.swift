@@ -17,6 +17,11 @@ final class AdminServer: Sendable {
         if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
             makeDirectories(String(path[..<slash]), mode: 0o700)
         }
+        // A live loomd answers on this path: replacing its socket would orphan it.
+        if let other = try? FileDescriptor.unixConnect(path: path) {
+            other.close()
+            throw AdminError(path: path, error: SystemError("bind", errno: Errno.addressInUse))
+        }
         do {
             listener = try FileDescriptor.unixListener(path: path)
         } catch {
@@ -59,7 +64,10 @@ public struct AdminError: Error, CustomStringConvertible {
     public let path: String
     public let error: SystemError
     public var description: String {
-        "cannot open the admin socket \(path): \(error); pass --admin-socket PATH to use another path"
+        if error.errno == Errno.addressInUse {
+            return "admin socket \(path) is in use by a running loomd; stop it, or pass --admin-socket PATH"
+        }
+        return "cannot open the admin socket \(path): \(error); pass --admin-socket PATH to use another path"
     }
 }
 

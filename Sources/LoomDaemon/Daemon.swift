@@ -66,26 +66,29 @@ public final class Daemon: @unchecked Sendable {
 
         let netns = try settings.netns.map { selector throws in try NetworkNamespace.open(selector) }
         let perLoopConnections = max(1, (budget.maxConnections + config.loops - 1) / config.loops)
-        for id in 0..<config.loops {
-            let loop = RelayLoop(
-                id: id,
-                config: config,
-                netns: netns,
-                maxConnections: perLoopConnections,
-                pipePages: budget.pipePagesPerLoop(loops: config.loops),
-                logger: logger
-            )
-            do {
+        var started: [RelayLoop] = []
+        do {
+            for id in 0..<config.loops {
+                let loop = RelayLoop(
+                    id: id,
+                    config: config,
+                    netns: netns,
+                    maxConnections: perLoopConnections,
+                    pipePages: budget.pipePagesPerLoop(loops: config.loops),
+                    logger: logger
+                )
                 try loop.start()
-            } catch {
-                for started in loops { started.stop() }
-                loops.removeAll()
-                throw error
+                started.append(loop)
             }
-            loops.append(loop)
-        }
-        admin = try AdminServer(path: settings.adminSocket, logger: logger) { [weak self] command in
-            self?.answer(command) ?? "{\"error\":\"shutting down\"}"
+            // Published before the admin thread exists, so it never sees a partial list.
+            loops = started
+            admin = try AdminServer(path: settings.adminSocket, logger: logger) { [weak self] command in
+                self?.answer(command) ?? "{\"error\":\"shutting down\"}"
+            }
+        } catch {
+            for loop in started { loop.stop() }
+            loops = []
+            throw error
         }
         let v6 = config.ipv6 ? " and [::]:\(config.outboundPort)" : ""
         logger.info(

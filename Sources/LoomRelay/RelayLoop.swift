@@ -110,6 +110,15 @@ public final class RelayLoop: @unchecked Sendable {
         }
         var addresses: [SocketAddress] = [.v4(address: 0, port: config.outboundPort)]
         if config.ipv6 { addresses.append(.v6(hi: 0, lo: 0, port: config.outboundPort)) }
+        if id == 0 {
+            // The first loop makes sure nobody else holds the port before the loops
+            // bind with SO_REUSEPORT (which would let a second loomd share it silently).
+            do {
+                try FileDescriptor.checkPortFree(addresses[0])
+            } catch {
+                return .listen(address: addresses[0], netns: netns?.name, error: error)
+            }
+        }
         for address in addresses {
             let isV6 = address.family != addresses[0].family
             var opened: FileDescriptor?

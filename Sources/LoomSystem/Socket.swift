@@ -71,6 +71,24 @@ extension FileDescriptor {
         _ = try syscall("listen") { Glibc.listen(rawValue, backlog) }
     }
 
+    /// Binds a throwaway socket (SO_REUSEADDR, no SO_REUSEPORT) to `address` and closes it.
+    /// Throws EADDRINUSE when another process listens there, even with SO_REUSEPORT:
+    /// without this check a second loomd would silently share the first one's port.
+    public static func checkPortFree(_ address: SocketAddress) throws(SystemError) {
+        let fd = try tcpSocket(family: address.family)
+        defer { fd.close() }
+        try fd.setOption(level: CLOOM_SOL_SOCKET, name: CLOOM_SO_REUSEADDR, value: 1)
+        if case .v6 = address { try fd.setOption(level: CLOOM_IPPROTO_IPV6, name: CLOOM_IPV6_V6ONLY, value: 1) }
+        var storage = sockaddr_storage()
+        let len = address.write(to: &storage)
+        _ = try withUnsafePointer(to: &storage) { (ptr) throws(SystemError) -> CInt in
+            // Safe: storage holds a sockaddr of length `len`.
+            try ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SystemError) -> CInt in
+                try syscall("bind") { Glibc.bind(fd.rawValue, sa, len) }
+            }
+        }
+    }
+
     /// Starts a non-blocking connect. `.processed(())` if it completed at once,
     /// `.wouldBlock` while it is in progress (wait for writability, then `pendingError()`).
     public func connect(to address: SocketAddress) throws(SystemError) -> IOResult<Bool> {

@@ -15,13 +15,10 @@ struct AdminOptions: ParsableArguments {
     @Option(name: .long, help: "loomd's admin socket.")
     var adminSocket: String = "/run/loom/admin.sock"
 
-    /// Sends one request to loomd and returns its answer, or fails with what to check.
+    /// Sends one request to loomd and returns its answer, or fails (exit 1) with what to
+    /// check.
     func request(_ command: String) throws -> String {
-        do {
-            return try AdminClient(path: adminSocket).request(command)
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        try AdminClient(path: adminSocket).request(command)
     }
 }
 

@@ -451,7 +451,7 @@ class Loomd:
         _live_procs.append(self.proc)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
-            if "ready" in self.stderr_text(full=True):
+            if "] ready: " in self.stderr_text(full=True):
                 return self
             if self.proc.poll() is not None:
                 raise AssertionError("loomd exited (%s) before ready:\n%s" % (

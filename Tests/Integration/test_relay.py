@@ -418,3 +418,25 @@ def test_low_fd_limit(loom_manager, topo, workdir, client, echo_server):
     finally:
         client.call("close_prefix", prefix="")
         ld.stop()
+
+
+def test_second_loomd_is_refused(loom, topo, workdir, client, echo_server):
+    """A second loomd for the same pod must not silently share the port (SO_REUSEPORT
+    would allow it): it exits with a clear error and the first keeps serving. A loomd
+    that points at a live admin socket refuses too, instead of orphaning it."""
+    second = harness.Loomd(topo.client, workdir, ["--loops", "1"])
+    with pytest.raises(AssertionError) as e:
+        second.start(ready_timeout=10)
+    assert "already listening" in str(e.value), str(e.value)
+    second.stop()
+    third = harness.Loomd(topo.server, workdir, ["--loops", "1"])
+    third.admin = loom.admin
+    with pytest.raises(AssertionError) as e:
+        third.start(ready_timeout=10)
+    assert "in use by a running loomd" in str(e.value), str(e.value)
+    third.stop()
+    loom.assert_alive()
+    assert client.call("connect", name="s2", host=S_V4, port=ECHO_PORT)["ok"]
+    assert client.call("echo", name="s2", nbytes=1024, seed=4)["ok"]
+    client.call("close", name="s2")
+    assert loom.status()["raw"]["pid"] == loom.pid
