@@ -13,17 +13,21 @@ public struct DaemonSettings: Sendable {
     public var adminSocket: String
     /// On SIGTERM, wait this long for connections to finish before resetting them.
     public var drainTimeoutMs: Int64
+    /// Pipe pages loomd may use; nil: `fs.pipe-user-pages-soft`.
+    public var pipePages: Int?
 
     public init(
         netns: String?,
         relay: RelayConfiguration,
         adminSocket: String = "/run/loom/admin.sock",
-        drainTimeoutMs: Int64 = 5000
+        drainTimeoutMs: Int64 = 5000,
+        pipePages: Int? = nil
     ) {
         self.netns = netns
         self.relay = relay
         self.adminSocket = adminSocket
         self.drainTimeoutMs = drainTimeoutMs
+        self.pipePages = pipePages
     }
 }
 
@@ -47,7 +51,8 @@ public final class Daemon: @unchecked Sendable {
     public func start() throws {
         SystemProcess.blockSignals()
         let fileLimit = SystemProcess.raiseOpenFilesLimit()
-        let pipePages = SystemProcess.readInteger(path: "/proc/sys/fs/pipe-user-pages-soft") ?? 16384
+        let pipePages =
+            settings.pipePages ?? SystemProcess.readInteger(path: "/proc/sys/fs/pipe-user-pages-soft") ?? 16384
         let config = settings.relay
         let budget = ResourceBudget(
             fileLimit: fileLimit,

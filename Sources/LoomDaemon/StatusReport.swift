@@ -38,7 +38,8 @@ public struct StatusReport: Sendable {
         s += "\"connections\":{\"active\":\(t.active),\"accepted\":\(t.accepted),\"refused\":\(t.refused),"
         s += "\"finished\":\(t.finished),\"failed\":\(t.failed),\"limit\":\(budget?.maxConnections ?? 0),"
         s += "\"accept_paused\":\(t.acceptPaused)},"
-        s += "\"pipes\":{\"in_use\":\(t.pipesInUse),\"cached\":\(t.pipesCached),\"waiters\":\(t.pipeWaiters),"
+        s +=
+            "\"pipes\":{\"in_use\":\(t.pipesInUse),\"cached\":\(t.pipesCached),\"waiters\":\(t.pipeWaiters),\"waits_total\":\(t.pipeWaits),"
         s += "\"limit\":\(budget?.maxPipes ?? 0)},"
         s += "\"bytes\":{\"client_to_upstream\":\(t.bytesOutbound),\"upstream_to_client\":\(t.bytesInbound)},"
         s += "\"per_loop\":["

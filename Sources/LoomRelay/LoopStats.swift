@@ -17,6 +17,8 @@ public struct LoopCounters: Sendable, Equatable {
     public var pipesInUse = 0
     public var pipesCached = 0
     public var pipeWaiters = 0
+    /// Times a direction had to wait for a pipe (the page budget was used up).
+    public var pipeWaits = 0
     public var acceptPaused = false
 
     public init() {}
@@ -34,6 +36,7 @@ public struct LoopCounters: Sendable, Equatable {
         r.pipesInUse = a.pipesInUse + b.pipesInUse
         r.pipesCached = a.pipesCached + b.pipesCached
         r.pipeWaiters = a.pipeWaiters + b.pipeWaiters
+        r.pipeWaits = a.pipeWaits + b.pipeWaits
         r.acceptPaused = a.acceptPaused || b.acceptPaused
         return r
     }
@@ -51,6 +54,7 @@ public final class LoopStats: Sendable {
     private let pipesInUse = Atomic<Int>(0)
     private let pipesCached = Atomic<Int>(0)
     private let pipeWaiters = Atomic<Int>(0)
+    private let pipeWaits = Atomic<Int>(0)
     private let acceptPaused = Atomic<Bool>(false)
 
     public init() {}
@@ -67,6 +71,7 @@ public final class LoopStats: Sendable {
         pipesInUse.store(c.pipesInUse, ordering: .relaxed)
         pipesCached.store(c.pipesCached, ordering: .relaxed)
         pipeWaiters.store(c.pipeWaiters, ordering: .relaxed)
+        pipeWaits.store(c.pipeWaits, ordering: .relaxed)
         acceptPaused.store(c.acceptPaused, ordering: .relaxed)
     }
 
@@ -83,6 +88,7 @@ public final class LoopStats: Sendable {
         c.pipesInUse = pipesInUse.load(ordering: .relaxed)
         c.pipesCached = pipesCached.load(ordering: .relaxed)
         c.pipeWaiters = pipeWaiters.load(ordering: .relaxed)
+        c.pipeWaits = pipeWaits.load(ordering: .relaxed)
         c.acceptPaused = acceptPaused.load(ordering: .relaxed)
         return c
     }

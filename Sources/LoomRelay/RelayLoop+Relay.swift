@@ -151,6 +151,7 @@ extension RelayLoop {
                         conn.state.inbound.waitingForPipe = true
                     }
                     pipeWaiters.append(conn.identity | direction.rawValue << 31)
+                    counters.pipeWaits += 1
                     return nil
                 }
                 give(pipe, to: conn, direction)

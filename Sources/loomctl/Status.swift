@@ -36,7 +36,7 @@ enum StatusText {
             "connections  active \(v(c, "active"))  accepted \(v(c, "accepted"))  refused \(v(c, "refused"))  finished \(v(c, "finished"))  failed \(v(c, "failed"))  limit \(v(c, "limit"))\((c["accept_paused"] as? Bool) == true ? "  (accept paused)" : "")"
         )
         lines.append(
-            "pipes        in use \(v(p, "in_use"))  cached \(v(p, "cached"))  waiting \(v(p, "waiters"))  limit \(v(p, "limit"))"
+            "pipes        in use \(v(p, "in_use"))  cached \(v(p, "cached"))  waiting \(v(p, "waiters")) (\(v(p, "waits_total")) total)  limit \(v(p, "limit"))"
         )
         lines.append(
             "bytes        client->upstream \(v(b, "client_to_upstream"))  upstream->client \(v(b, "upstream_to_client"))"

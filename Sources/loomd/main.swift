@@ -42,6 +42,9 @@ struct Loomd: ParsableCommand {
     @Option(name: .long, help: "Bytes a bulk transfer's pipe grows to (pipes start at 64 KiB; 65536: never grow).")
     var pipeSize: Int = 1 << 20
 
+    @Option(name: .long, help: "Pages all pipes together may take (default: fs.pipe-user-pages-soft).")
+    var pipePages: Int?
+
     @Option(name: .long, help: "Microseconds a relay loop keeps polling after work before it sleeps (0: off).")
     var busyPoll: Int64 = 0
 
@@ -75,6 +78,9 @@ struct Loomd: ParsableCommand {
         if busyPoll < 0 || busyPoll > 100_000 {
             throw ValidationError("--busy-poll must be between 0 and 100000 microseconds")
         }
+        if let pipePages, pipePages < 32 {
+            throw ValidationError("--pipe-pages must be at least 32 (two 64 KiB pipes)")
+        }
         if let maxConnections, maxConnections < 1 { throw ValidationError("--max-connections must be at least 1") }
     }
 
@@ -102,7 +108,8 @@ struct Loomd: ParsableCommand {
                 netns: netns,
                 relay: relay,
                 adminSocket: adminSocket,
-                drainTimeoutMs: Int64(drainTimeout * 1000)
+                drainTimeoutMs: Int64(drainTimeout * 1000),
+                pipePages: pipePages
             ),
             logger: logger
         )

@@ -225,6 +225,10 @@ class Future:
         self.agent, self.rid, self.op = agent, rid, op
         self._q = queue.Queue(1)
 
+    def done(self):
+        """True once the answer has arrived (before result() takes it)."""
+        return not self._q.empty()
+
     def result(self, timeout=60):
         try:
             r = self._q.get(timeout=timeout)
@@ -336,6 +340,9 @@ STATUS_KEYS = {
     "refused": ("connections", "refused"),
     "pipes_in_use": ("pipes", "in_use"),
     "pipes_cached": ("pipes", "cached"),
+    "pipe_waiters": ("pipes", "waiters"),
+    "pipe_waits_total": ("pipes", "waits_total"),
+    "pipes_limit": ("pipes", "limit"),
     "loops": ("loops",),
     "bytes_up": ("bytes", "client_to_upstream"),
     "bytes_down": ("bytes", "upstream_to_client"),

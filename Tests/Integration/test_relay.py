@@ -440,3 +440,45 @@ def test_second_loomd_is_refused(loom, topo, workdir, client, echo_server):
     assert client.call("echo", name="s2", nbytes=1024, seed=4)["ok"]
     client.call("close", name="s2")
     assert loom.status()["raw"]["pid"] == loom.pid
+
+
+def test_pipe_budget_exhausted(loom_manager, topo, workdir, client, server, figure):
+    """--pipe-pages 64 allows four 64 KiB pipes and no bulk growth. Six connections
+    move 16 MiB each way at once: directions wait for a pipe in turn, loomd never
+    holds more than four pipes, and every byte arrives intact."""
+    loom_manager.shutdown()  # one loomd per pod: listeners share the port
+    ld = harness.Loomd(topo.client, workdir, ["--loops", "1", "--pipe-pages", "64"]).start()
+    try:
+        assert counter(ld.status(), "pipes_limit") == 4
+        n, nbytes = 6, 16 * MiB
+        waiters_seen = 0
+        with harness.Sampler(ld.pid, interval=0.02) as smp:
+            srvs, clis = [], []
+            for i in range(n):
+                server.call("listen", name="pb%d" % i, host=S_V4, port=7400 + i)
+                srvs.append(server.submit("xfer_server", lname="pb%d" % i, nbytes=nbytes,
+                                          seed=20 + i, timeout=110))
+            for i in range(n):
+                clis.append(client.submit("xfer_client", host=S_V4, port=7400 + i,
+                                          nbytes=nbytes, seed=40 + i, timeout=110))
+            deadline = time.monotonic() + 110
+            while not all(f.done() for f in clis) and time.monotonic() < deadline:
+                waiters_seen = max(waiters_seen, counter(ld.status(), "pipe_waiters"))
+                time.sleep(0.05)
+            results = [(s.result(120), c.result(120)) for s, c in zip(srvs, clis)]
+        figure("peak pipe fds with a 4-pipe budget", smp.peak_pipes)
+        figure("most directions waiting for a pipe (sampled)", waiters_seen)
+        waits = counter(ld.status(), "pipe_waits_total")
+        figure("times a direction waited for a pipe", waits)
+        assert waits > 0, "the budget never made a direction wait: the test shows nothing"
+        for i, (s, c) in enumerate(results):
+            assert s["recv"] == nbytes and c["recv"] == nbytes, (i, s, c, ctx(ld))
+            assert s["recv_sha"] == c["sent_sha"] and c["recv_sha"] == s["sent_sha"], (
+                "connection %d corrupted%s" % (i, ctx(ld)))
+        assert smp.peak_pipes <= 8, "loomd held %d pipe fds with a budget of 4 pipes" % (
+            smp.peak_pipes)
+        ld.assert_alive()
+        st = wait_idle(ld)
+        assert counter(st, "pipe_waiters") == 0
+    finally:
+        ld.stop()
