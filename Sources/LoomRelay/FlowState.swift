@@ -1,6 +1,10 @@
 // The state of one direction of a relayed connection, apart from any I/O.
 //
-// Bytes flow source socket -> pipe -> sink socket. Sockets are registered edge-triggered,
+// Small messages are copied: one recv into the loop's scratch buffer and one send, with
+// any unsent rest parked in the direction's pipe. A recv that returns less than it asked
+// for proves the socket empty, so no extra call is needed to see EAGAIN. A direction
+// whose recv fills the scratch buffer is a bulk transfer and switches to splice for good:
+// bytes flow source socket -> pipe -> sink socket with no copy. Sockets are registered edge-triggered,
 // so readiness is remembered here until a call answers EAGAIN. `nextStep()` says what the
 // loop should do next; the loop does it and reports the result back. Tests drive this
 // type with made-up results, no sockets involved.
@@ -13,6 +17,9 @@ public struct FlowState: Equatable, Sendable {
         case spliceOut(count: Int)
         /// Move up to `count` bytes from the source into the (empty) pipe.
         case spliceIn(count: Int)
+        /// Copy up to `count` bytes: recv into the scratch buffer, send to the sink, park
+        /// what the sink did not take in the (empty) pipe.
+        case copy(count: Int)
         /// Take a pipe from the pool before reading.
         case acquirePipe
         /// The last read filled the pipe: ask the pool for a bigger one (bulk transfer).
@@ -45,12 +52,17 @@ public struct FlowState: Equatable, Sendable {
     public private(set) var growWanted = false
     /// A grow was asked for the pipe held now (once per pipe).
     private var growAsked = false
-    /// This direction has filled a pipe before: prefer a bulk pipe next time.
+    /// This direction has filled a scratch buffer or a pipe: it splices, and prefers a
+    /// bulk pipe.
     public private(set) var bulk = false
     /// Bytes that reached the sink in total.
     public private(set) var bytesRelayed: UInt64 = 0
 
     public init() {}
+
+    /// Bytes one copy step reads at most (the loop's scratch buffer). Messages of this
+    /// size or more make the direction bulk.
+    public static let copyChunk = 16384
 
     /// True while a pipe is held.
     public var holdsPipe: Bool { pipeCapacity > 0 }
@@ -70,7 +82,7 @@ public struct FlowState: Equatable, Sendable {
         if !sourceReadable { return holdsPipe ? .releasePipe : .wait }
         if !holdsPipe { return waitingForPipe ? .wait : .acquirePipe }
         if growWanted { return .growPipe }
-        return .spliceIn(count: pipeCapacity)
+        return bulk ? .spliceIn(count: pipeCapacity) : .copy(count: Self.copyChunk)
     }
 
     /// A pipe of `capacity` bytes was handed to this direction.
@@ -109,6 +121,29 @@ public struct FlowState: Equatable, Sendable {
                 bulk = true
             }
             buffered += n
+        }
+    }
+
+    /// Result of `.copy`: `read` is nil for EAGAIN, 0 for end of stream, else bytes
+    /// received; `written` bytes of them reached the sink, the rest went into the pipe.
+    public mutating func copied(read: Int?, written: Int) {
+        guard let n = read else {
+            sourceReadable = false
+            return
+        }
+        if n == 0 {
+            sourceEnded = true
+            return
+        }
+        precondition(written <= n && buffered == 0)
+        bytesRelayed &+= UInt64(written)
+        buffered = n - written
+        if written < n { sinkWritable = false }
+        if n < Self.copyChunk {
+            // A short recv took everything the socket had; new bytes bring a new edge.
+            sourceReadable = false
+        } else {
+            bulk = true
         }
     }
 

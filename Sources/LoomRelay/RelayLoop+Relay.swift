@@ -1,3 +1,5 @@
+// Unsafe pointers: the copy step reads into and sends from the loop's scratch buffer,
+// which is valid for the loop's life and used by one step at a time.
 // Moving bytes: readiness events, the splice pump for each direction, pipes lent and
 // returned, and closing a connection with a FIN or a reset as its story demands.
 import Logging
@@ -133,6 +135,50 @@ extension RelayLoop {
                 }
                 if let n = result, n > 0 { conn.state.touched(now: now) }
                 if outbound { conn.state.outbound.splicedIn(result) } else { conn.state.inbound.splicedIn(result) }
+            case .copy(let count):
+                budget -= 1
+                let pipe = (outbound ? conn.outboundPipe : conn.inboundPipe)!
+                var read: Int? = nil
+                var written = 0
+                do {
+                    if case .processed(let n) = try source.receive(into: scratch, count: count) { read = n }
+                } catch {
+                    return resetReason(side: outbound ? .client : .upstream, errno: error.errno, call: "recv")
+                }
+                if let n = read, n > 0 {
+                    let sinkWritable = outbound ? conn.state.outbound.sinkWritable : conn.state.inbound.sinkWritable
+                    do {
+                        if sinkWritable, case .processed(let m) = try sink.send(from: scratch, count: n) { written = m }
+                    } catch {
+                        return resetReason(side: outbound ? .upstream : .client, errno: error.errno, call: "send")
+                    }
+                    if written < n {
+                        // Park the rest in the empty pipe (at least 64 KiB, so it all fits);
+                        // it leaves by splice when the sink is writable again.
+                        do {
+                            guard
+                                case .processed(let parked) = try pipe.write.write(
+                                    from: scratch + written,
+                                    count: n - written
+                                ),
+                                parked == n - written
+                            else { return .error(call: "write(pipe)", errno: Errno.noBuffers) }
+                        } catch {
+                            return .error(call: "write(pipe)", errno: error.errno)
+                        }
+                    }
+                    conn.state.touched(now: now)
+                    if outbound {
+                        counters.bytesOutbound &+= UInt64(written)
+                    } else {
+                        counters.bytesInbound &+= UInt64(written)
+                    }
+                }
+                if outbound {
+                    conn.state.outbound.copied(read: read, written: written)
+                } else {
+                    conn.state.inbound.copied(read: read, written: written)
+                }
             case .acquirePipe:
                 let pipe: Pipe?
                 do {

@@ -1,3 +1,4 @@
+// Unsafe pointers: `scratch`, the loop's copy buffer, used only in RelayLoop+Relay.swift.
 // A relay loop: one plain thread with its own epoll set, listeners (SO_REUSEPORT), pipe
 // pool and connections. A connection never changes loops; nothing here takes a lock.
 // Sockets are edge-triggered (readiness is remembered in FlowState until EAGAIN);
@@ -37,6 +38,10 @@ public final class RelayLoop: @unchecked Sendable {
     var pipeWaitersHead = 0
     var pool: PipePool
     var counters = LoopCounters()
+    /// The loop's one copy buffer for small messages (`FlowState.copyChunk` bytes).
+    /// Allocated once; a copy step fills and empties it within one call, so no
+    /// connection ever owns bytes here.
+    let scratch = UnsafeMutableRawPointer.allocate(byteCount: FlowState.copyChunk, alignment: 64)
     var now: Int64 = 0
     /// Accept is paused until this time (fd exhaustion), or while at the connection limit.
     var acceptPausedUntil: Int64 = 0
@@ -63,6 +68,8 @@ public final class RelayLoop: @unchecked Sendable {
         self.logger = logger
         self.logger[metadataKey: "loop"] = "\(id)"
     }
+
+    deinit { scratch.deallocate() }
 
     /// Starts the loop's thread: it enters the netns, opens its listeners, and runs.
     /// Returns once the listeners are open, or throws why they could not be.

@@ -119,6 +119,26 @@ extension FileDescriptor {
         }
     }
 
+    /// recv(2) into `buffer` (non-blocking): bytes read, 0 at end of stream, or
+    /// `.wouldBlock`. The caller owns `buffer` for the duration of the call.
+    @inline(__always)
+    public func receive(into buffer: UnsafeMutableRawPointer, count: Int) throws(SystemError) -> IOResult<Int> {
+        try syscallIO("recv") { Glibc.recv(rawValue, buffer, count, 0) }
+    }
+
+    /// send(2) with MSG_NOSIGNAL (a gone peer is EPIPE, not SIGPIPE): bytes sent, or
+    /// `.wouldBlock` when the send buffer is full.
+    @inline(__always)
+    public func send(from buffer: UnsafeRawPointer, count: Int) throws(SystemError) -> IOResult<Int> {
+        try syscallIO("send") { Glibc.send(rawValue, buffer, count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// write(2) (non-blocking), e.g. into a pipe: bytes written or `.wouldBlock`.
+    @inline(__always)
+    public func write(from buffer: UnsafeRawPointer, count: Int) throws(SystemError) -> IOResult<Int> {
+        try syscallIO("write") { Glibc.write(rawValue, buffer, count) }
+    }
+
     /// shutdown(SHUT_WR): the peer reads end of stream after the bytes already sent.
     public func shutdownWrite() throws(SystemError) {
         _ = try syscall("shutdown") { Glibc.shutdown(rawValue, CLOOM_SHUT_WR) }
