@@ -185,8 +185,10 @@ listening() { # ns port
 setup_topology() {
     log "creating namespaces $NS_C (client) $NS_R (router) $NS_S (server)"
     topo_up "$PFX" 90
-    # Per-namespace TCP knobs for the connection-rate test (many short conns).
-    inC sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1
+    # Per-namespace TCP knobs for the connection-rate test (many short conns). The
+    # ephemeral range starts above the proxies' ports (15001, 15002): a connection that
+    # happened to own one as its local port would stop the next proxy from binding it.
+    inC sysctl -qw net.ipv4.ip_local_port_range="16000 65000" net.ipv4.tcp_tw_reuse=1
     inS sysctl -qw net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192
     inC sysctl -qw net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192
 }
