@@ -320,13 +320,17 @@ extension RelayLoop {
         if reason == .finished || reason == .shutdown {
             logger.debug("\(conn.clientAddress) -> \(conn.destination) \(reason)")
         } else if reason == .upstreamRefused {
-            logger.info(
-                "upstream \(conn.destination) refused the connection from \(conn.clientAddress); is the service listening? client reset"
-            )
+            if logBudget.allow(now: now) {
+                logger.info(
+                    "upstream \(conn.destination) refused the connection from \(conn.clientAddress); is the service listening? client reset"
+                )
+            }
         } else if reason != .connectTimeout {
-            logger.info(
-                "\(conn.clientAddress) -> \(conn.destination) ended: \(reason)\(reset ? "; both sides reset" : "")"
-            )
+            if logBudget.allow(now: now) {
+                logger.info(
+                    "\(conn.clientAddress) -> \(conn.destination) ended: \(reason)\(reset ? "; both sides reset" : "")"
+                )
+            }
         }
         if acceptPausedForLimit { updateAcceptState() }
     }

@@ -48,6 +48,8 @@ public final class RelayLoop: @unchecked Sendable {
     var acceptPausedForLimit = false
     var listenersEnabled = true
     var lastAcceptErrorLog: Int64 = -1_000_000
+    /// Caps per-connection log lines so that a storm of resets cannot flood the log.
+    var logBudget = LogBudget(linesPerSecond: 20)
 
     /// Splice calls one connection may make before others get a turn.
     static let fairnessBudget = 32
@@ -227,7 +229,7 @@ public final class RelayLoop: @unchecked Sendable {
                 connectTimeoutMs: config.connectTimeoutMs,
                 idleTimeoutMs: config.idleTimeoutMs
             ) {
-                if reason == .connectTimeout {
+                if reason == .connectTimeout && logBudget.allow(now: now) {
                     logger.info(
                         "upstream \(conn.destination) did not answer within \(config.connectTimeoutMs) ms; resetting client \(conn.clientAddress)"
                     )
@@ -237,6 +239,11 @@ public final class RelayLoop: @unchecked Sendable {
         }
         servePipeWaiters()
         updateAcceptState()
+        if let suppressed = logBudget.takeSuppressed(now: now) {
+            logger.info(
+                "\(suppressed) more connection log lines suppressed (at most \(logBudget.linesPerSecond) a second per loop)"
+            )
+        }
     }
 }
 

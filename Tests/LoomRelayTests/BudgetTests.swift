@@ -105,3 +105,15 @@ import Testing
         #expect(Token.isListener(Token.listener(1)))
     }
 }
+
+@Suite struct LogBudgetTests {
+    @Test func capsLinesPerSecondAndCountsTheRest() {
+        var budget = LogBudget(linesPerSecond: 3)
+        let allowed = (0..<10).filter { _ in budget.allow(now: 5000) }.count
+        #expect(allowed == 3)
+        #expect(budget.takeSuppressed(now: 5500) == nil, "reported once the second is over")
+        #expect(budget.takeSuppressed(now: 6000) == 7)
+        #expect(budget.takeSuppressed(now: 7000) == nil)
+        #expect(budget.allow(now: 6000), "a new second, new lines")
+    }
+}
