@@ -111,9 +111,13 @@ import Testing
         var budget = LogBudget(linesPerSecond: 3)
         let allowed = (0..<10).filter { _ in budget.allow(now: 5000) }.count
         #expect(allowed == 3)
-        #expect(budget.takeSuppressed(now: 5500) == nil, "reported once the second is over")
-        #expect(budget.takeSuppressed(now: 6000) == 7)
-        #expect(budget.takeSuppressed(now: 7000) == nil)
-        #expect(budget.allow(now: 6000), "a new second, new lines")
+        let early = budget.takeSuppressed(now: 5500)
+        #expect(early == nil, "reported once the second is over")
+        let reported = budget.takeSuppressed(now: 6000)
+        #expect(reported == 7)
+        let again = budget.takeSuppressed(now: 7000)
+        #expect(again == nil)
+        let fresh = budget.allow(now: 6000)
+        #expect(fresh, "a new second, new lines")
     }
 }
