@@ -504,3 +504,32 @@ def test_pipe_budget_exhausted(loom_manager, topo, workdir, client, server, echo
     finally:
         client.call("close_prefix", prefix="")
         ld.stop()
+
+
+def test_idle_timeout(loom_manager, client, server, echo_server):
+    """--idle-timeout 2: a quiet connection is closed cleanly (the client reads EOF,
+    nothing was in flight); a connection whose server never reads, with bytes stuck in
+    loomd's pipe, is reset instead, never closed as if complete."""
+    ld = loom_manager.ensure(["--idle-timeout", "2", "--loops", "1"])
+    assert client.call("connect", name="q", host=S_V4, port=ECHO_PORT)["ok"]
+    assert client.call("echo", name="q", nbytes=100, seed=1)["ok"]
+    p = client.call("probe", name="q", timeout=6)
+    assert p["end"] == "eof", "idle connection ended with %r, expected a clean EOF%s" % (p, ctx(ld))
+    assert 1.5 <= p["elapsed"] <= 4.5, "closed after %.1fs with a 2 s idle timeout" % p["elapsed"]
+
+    server.call("listen", name="it", host=S_V4, port=7420)
+    held = server.submit("accept_hold", lname="it", prefix="ih", n=1)
+    assert client.call("connect", name="stuck", host=S_V4, port=7420)["ok"]
+    held.result(10)
+    r = client.call("fill", name="stuck", max_bytes=256 * MiB, stall=1.0, timeout=60)
+    assert r["end"] == "stalled", r
+    assert counter(ld.status(), "pipes_in_use") >= 1, "no bytes stuck in loomd: nothing to show"
+    p = client.call("probe", name="stuck", timeout=6)
+    assert p["end"] == "reset", "stuck connection ended with %r, expected a reset%s" % (p, ctx(ld))
+    assert "idle timeout" in ld.stderr_text(full=True), "no log line for the idle timeout%s" % ctx(ld)
+    ld.assert_alive()
+    wait_idle(ld)
+    assert counter(ld.status(), "pipes_in_use") == 0
+    client.call("close_prefix", prefix="")
+    server.call("close_prefix", prefix="ih")
+    server.call("unlisten", name="it")
