@@ -87,151 +87,129 @@ extension RelayLoop {
     }
 
     /// Runs one direction's state machine until it waits, ends, or the budget runs out.
-    /// Returns why the connection must close, if it must.
+    /// Returns why the connection must close, if it must. The direction's state and pipe
+    /// are worked on as local copies and written back on every exit.
     private func pump(_ conn: Connection, _ direction: Direction, budget: inout Int) -> CloseReason? {
         let outbound = direction == .outbound
         let source = outbound ? conn.client : conn.upstream
         let sink = outbound ? conn.upstream : conn.client
+        let sourceSide: Side = outbound ? .client : .upstream
+        let sinkSide: Side = outbound ? .upstream : .client
+        var flow = outbound ? conn.state.outbound : conn.state.inbound
+        var pipe = outbound ? conn.outboundPipe : conn.inboundPipe
+        defer {
+            if outbound {
+                conn.state.outbound = flow
+                conn.outboundPipe = pipe
+            } else {
+                conn.state.inbound = flow
+                conn.inboundPipe = pipe
+            }
+        }
         while budget > 0 {
-            let step = outbound ? conn.state.outbound.nextStep() : conn.state.inbound.nextStep()
-            switch step {
+            switch flow.nextStep() {
             case .wait, .done:
                 return nil
             case .spliceOut(let count):
                 budget -= 1
-                // Safe to force: a flow with buffered bytes holds its pipe.
-                let pipe = (outbound ? conn.outboundPipe : conn.inboundPipe)!
                 let result: Int?
                 do {
-                    switch try splice(from: pipe.read, to: sink, count: count) {
-                    case .processed(let n): result = n
-                    // EAGAIN: the sink's send buffer is full; wait for EPOLLOUT.
-                    case .wouldBlock: result = nil
-                    }
+                    // Safe to force: a flow with buffered bytes holds its pipe.
+                    // nil is EAGAIN: the sink's send buffer is full; wait for EPOLLOUT.
+                    result = try splice(from: pipe!.read, to: sink, count: count).value
                 } catch {
                     // EPIPE / ECONNRESET: the sink's peer is gone; anything else is
                     // unexpected. Either way the other side must see a reset.
-                    return resetReason(side: outbound ? .upstream : .client, errno: error.errno, call: "splice")
+                    return resetReason(side: sinkSide, errno: error.errno, call: "splice")
                 }
-                if let n = result {
-                    conn.state.touched(now: now)
-                    if outbound { counters.bytesOutbound &+= UInt64(n) } else { counters.bytesInbound &+= UInt64(n) }
-                }
-                if outbound { conn.state.outbound.splicedOut(result) } else { conn.state.inbound.splicedOut(result) }
+                if let n = result { relayed(n, outbound: outbound, conn) }
+                flow.splicedOut(result)
             case .spliceIn(let count):
                 budget -= 1
-                let pipe = (outbound ? conn.outboundPipe : conn.inboundPipe)!
                 let result: Int?
                 do {
-                    switch try splice(from: source, to: pipe.write, count: count) {
-                    // n > 0: bytes now in the pipe; 0: the source sent FIN.
-                    case .processed(let n): result = n
-                    // EAGAIN on an empty pipe: the source has nothing now.
-                    case .wouldBlock: result = nil
-                    }
+                    // n > 0: bytes now in the pipe; 0: the source sent FIN; nil (EAGAIN
+                    // into an empty pipe): the source has nothing now.
+                    result = try splice(from: source, to: pipe!.write, count: count).value
                 } catch {
                     // ECONNRESET: the source peer reset; pass the reset on.
-                    return resetReason(side: outbound ? .client : .upstream, errno: error.errno, call: "splice")
+                    return resetReason(side: sourceSide, errno: error.errno, call: "splice")
                 }
                 if let n = result, n > 0 { conn.state.touched(now: now) }
-                if outbound { conn.state.outbound.splicedIn(result) } else { conn.state.inbound.splicedIn(result) }
+                flow.splicedIn(result)
             case .copy(let count):
                 budget -= 1
-                let pipe = (outbound ? conn.outboundPipe : conn.inboundPipe)!
-                var read: Int? = nil
+                let read: Int?
                 var written = 0
                 do {
-                    if case .processed(let n) = try source.receive(into: scratch, count: count) { read = n }
+                    read = try source.receive(into: scratch, count: count).value
                 } catch {
-                    return resetReason(side: outbound ? .client : .upstream, errno: error.errno, call: "recv")
+                    return resetReason(side: sourceSide, errno: error.errno, call: "recv")
                 }
                 if let n = read, n > 0 {
-                    let sinkWritable = outbound ? conn.state.outbound.sinkWritable : conn.state.inbound.sinkWritable
                     do {
-                        if sinkWritable, case .processed(let m) = try sink.send(from: scratch, count: n) { written = m }
+                        if flow.sinkWritable { written = try sink.send(from: scratch, count: n).value ?? 0 }
                     } catch {
-                        return resetReason(side: outbound ? .upstream : .client, errno: error.errno, call: "send")
+                        return resetReason(side: sinkSide, errno: error.errno, call: "send")
                     }
                     if written < n {
                         // Park the rest in the empty pipe (at least 64 KiB, so it all fits);
                         // it leaves by splice when the sink is writable again.
+                        let rest = n - written
                         do {
-                            guard
-                                case .processed(let parked) = try pipe.write.write(
-                                    from: scratch + written,
-                                    count: n - written
-                                ),
-                                parked == n - written
-                            else { return .error(call: "write(pipe)", errno: Errno.noBuffers) }
+                            guard try pipe!.write.write(from: scratch + written, count: rest).value == rest else {
+                                return .error(call: "write(pipe)", errno: Errno.noBuffers)
+                            }
                         } catch {
                             return .error(call: "write(pipe)", errno: error.errno)
                         }
                     }
-                    conn.state.touched(now: now)
-                    if outbound {
-                        counters.bytesOutbound &+= UInt64(written)
-                    } else {
-                        counters.bytesInbound &+= UInt64(written)
-                    }
+                    relayed(written, outbound: outbound, conn)
                 }
-                if outbound {
-                    conn.state.outbound.copied(read: read, written: written)
-                } else {
-                    conn.state.inbound.copied(read: read, written: written)
-                }
+                flow.copied(read: read, written: written)
             case .acquirePipe:
-                let pipe: Pipe?
                 do {
-                    pipe = try pool.acquire(bulk: outbound ? conn.state.outbound.bulk : conn.state.inbound.bulk)
+                    pipe = try pool.acquire(bulk: flow.bulk)
                 } catch {
                     // Out of fds for a pipe: wait like a pool at its budget does.
                     logger.warning(
                         "cannot create a pipe: \(error); connection \(conn.clientAddress) -> \(conn.destination) waits"
                     )
-                    pipe = nil
                 }
                 guard let pipe else {
-                    if outbound {
-                        conn.state.outbound.waitingForPipe = true
-                    } else {
-                        conn.state.inbound.waitingForPipe = true
-                    }
+                    flow.waitingForPipe = true
                     pipeWaiters.append(conn.identity | direction.rawValue << 31)
                     counters.pipeWaits += 1
                     return nil
                 }
-                give(pipe, to: conn, direction)
+                flow.pipeAcquired(capacity: pipe.capacity)
             case .growPipe:
-                let pipe = pool.grow((outbound ? conn.outboundPipe : conn.inboundPipe)!)
-                if outbound {
-                    conn.outboundPipe = pipe
-                    conn.state.outbound.pipeGrown(capacity: pipe.capacity)
-                } else {
-                    conn.inboundPipe = pipe
-                    conn.state.inbound.pipeGrown(capacity: pipe.capacity)
-                }
+                pipe = pool.grow(pipe!)
+                flow.pipeGrown(capacity: pipe!.capacity)
             case .releasePipe:
-                let pipe = (outbound ? conn.outboundPipe : conn.inboundPipe)!
-                if outbound {
-                    conn.outboundPipe = nil
-                    conn.state.outbound.pipeReleased()
-                } else {
-                    conn.inboundPipe = nil
-                    conn.state.inbound.pipeReleased()
-                }
-                returnPipe(pipe, empty: true)
+                let empty = pipe!
+                pipe = nil
+                flow.pipeReleased()
+                returnPipe(empty, empty: true)
             case .shutdownSink:
                 do {
                     try sink.shutdownWrite()
                 } catch  where error.errno == Errno.notConnected {
                     // The sink's peer already closed; a FIN has nowhere to go. Not an error.
                 } catch {
-                    return resetReason(side: outbound ? .upstream : .client, errno: error.errno, call: "shutdown")
+                    return resetReason(side: sinkSide, errno: error.errno, call: "shutdown")
                 }
-                if outbound { conn.state.outbound.sinkShutDown() } else { conn.state.inbound.sinkShutDown() }
+                flow.sinkShutDown()
             }
         }
         return nil
+    }
+
+    /// Counts `n` bytes that reached the sink.
+    @inline(__always)
+    private func relayed(_ n: Int, outbound: Bool, _ conn: Connection) {
+        conn.state.touched(now: now)
+        if outbound { counters.bytesOutbound &+= UInt64(n) } else { counters.bytesInbound &+= UInt64(n) }
     }
 
     private func give(_ pipe: Pipe, to conn: Connection, _ direction: Direction) {

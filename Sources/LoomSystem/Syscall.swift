@@ -36,6 +36,15 @@ public enum IOResult<T: Sendable>: Sendable {
 
 extension IOResult: Equatable where T: Equatable {}
 
+extension IOResult {
+    /// The value, or nil for `.wouldBlock`.
+    @inline(__always)
+    public var value: T? {
+        if case .processed(let v) = self { return v }
+        return nil
+    }
+}
+
 @inline(__always)
 private func isBug(_ err: CInt) -> Bool { err == EBADF || err == EFAULT }
 
