@@ -59,8 +59,7 @@ int cloom_epoll_wait(int epfd, cloom_epoll_events *events, int max, int timeout_
 
 const int CLOOM_EPOLL_ADD = EPOLL_CTL_ADD, CLOOM_EPOLL_MOD = EPOLL_CTL_MOD, CLOOM_EPOLL_DEL = EPOLL_CTL_DEL;
 const uint32_t CLOOM_EPOLLIN = EPOLLIN, CLOOM_EPOLLOUT = EPOLLOUT, CLOOM_EPOLLERR = EPOLLERR,
-    CLOOM_EPOLLHUP = EPOLLHUP, CLOOM_EPOLLRDHUP = EPOLLRDHUP, CLOOM_EPOLLET = EPOLLET,
-    CLOOM_EPOLLEXCLUSIVE = EPOLLEXCLUSIVE;
+    CLOOM_EPOLLHUP = EPOLLHUP, CLOOM_EPOLLRDHUP = EPOLLRDHUP, CLOOM_EPOLLET = EPOLLET;
 
 // MARK: - pipes and splice
 
@@ -108,8 +107,7 @@ int cloom_original_dst(int fd, int family, struct sockaddr_storage *addr, sockle
 }
 
 const int CLOOM_SOL_SOCKET = SOL_SOCKET, CLOOM_SO_REUSEADDR = SO_REUSEADDR,
-    CLOOM_SO_REUSEPORT = SO_REUSEPORT, CLOOM_SO_MARK = SO_MARK, CLOOM_SO_ERROR = SO_ERROR,
-    CLOOM_SO_RCVBUF = SO_RCVBUF, CLOOM_SO_SNDBUF = SO_SNDBUF, CLOOM_IPPROTO_TCP = IPPROTO_TCP,
+    CLOOM_SO_REUSEPORT = SO_REUSEPORT, CLOOM_SO_MARK = SO_MARK, CLOOM_SO_ERROR = SO_ERROR, CLOOM_IPPROTO_TCP = IPPROTO_TCP,
     CLOOM_TCP_NODELAY = TCP_NODELAY, CLOOM_IPPROTO_IPV6 = IPPROTO_IPV6,
     CLOOM_IPV6_V6ONLY = IPV6_V6ONLY, CLOOM_SHUT_WR = SHUT_WR, CLOOM_AF_INET = AF_INET,
     CLOOM_AF_INET6 = AF_INET6, CLOOM_SOMAXCONN_DEFAULT = 4096;
@@ -163,6 +161,5 @@ int cloom_wait_signal(void) {
     return sigwait(&set, &sig) == 0 ? sig : -1;
 }
 
-int cloom_gettid(void) { return (int)syscall(SYS_gettid); }
 
 int cloom_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }

@@ -102,13 +102,16 @@ extension RelayLoop {
         conn.state = ConnectionState(now: now)
         do {
             try fd.setNoDelay()
-            let upstream = try FileDescriptor.tcpSocket(family: destination.address.family)
+            // Pass-through: with no routing configured the upstream is the original
+            // destination. Mesh routing (services, endpoints) chooses it later.
+            let upstreamAddress = UpstreamAddress(destination.address)
+            let upstream = try FileDescriptor.tcpSocket(family: upstreamAddress.address.family)
             conn.upstream = upstream
             try upstream.setMark(config.socketMark)
             try upstream.setNoDelay()
             let interest: EpollEvents = [.readable, .writable, .readHangup, .edgeTriggered]
             try epoll.add(fd, interest: interest, token: conn.token(.client))
-            let immediate = try upstream.connect(to: destination.address)
+            let immediate = try upstream.connect(to: upstreamAddress.address)
             try epoll.add(upstream, interest: interest, token: conn.token(.upstream))
             if case .processed = immediate { conn.state.connected(now: now) }
         } catch {

@@ -14,7 +14,6 @@ public struct EpollEvents: OptionSet, Sendable {
     public static let hangup = EpollEvents(rawValue: CLOOM_EPOLLHUP)
     public static let readHangup = EpollEvents(rawValue: CLOOM_EPOLLRDHUP)
     public static let edgeTriggered = EpollEvents(rawValue: CLOOM_EPOLLET)
-    public static let exclusive = EpollEvents(rawValue: CLOOM_EPOLLEXCLUSIVE)
 }
 
 /// One epoll instance with a fixed-size event buffer.
@@ -53,11 +52,6 @@ public final class Epoll {
         _ = try syscall("epoll_ctl(MOD)") {
             cloom_epoll_ctl(fd.rawValue, CLOOM_EPOLL_MOD, target.rawValue, interest.rawValue, token)
         }
-    }
-
-    /// Removes a descriptor (closing it does the same when no duplicate exists).
-    public func remove(_ target: FileDescriptor) throws(SystemError) {
-        _ = try syscall("epoll_ctl(DEL)") { cloom_epoll_ctl(fd.rawValue, CLOOM_EPOLL_DEL, target.rawValue, 0, 0) }
     }
 
     /// Waits up to `timeoutMs` (-1: forever) and returns how many events are ready.

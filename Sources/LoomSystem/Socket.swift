@@ -19,13 +19,6 @@ extension FileDescriptor {
         _ = try syscall(call) { cloom_set_int_option(rawValue, level, name, value) }
     }
 
-    /// Reads an integer socket option.
-    public func option(level: CInt, name: CInt) throws(SystemError) -> CInt {
-        var value: CInt = 0
-        _ = try syscall("getsockopt") { cloom_get_int_option(rawValue, level, name, &value) }
-        return value
-    }
-
     /// SO_MARK: packets of this socket carry `mark` (nf_tables exempts Loom's own).
     public func setMark(_ mark: UInt32) throws(SystemError) {
         try setOption(

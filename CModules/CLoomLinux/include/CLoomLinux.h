@@ -38,7 +38,7 @@ int cloom_epoll_wait(int epfd, cloom_epoll_events *events, int max, int timeout_
 
 extern const int CLOOM_EPOLL_ADD, CLOOM_EPOLL_MOD, CLOOM_EPOLL_DEL;
 extern const uint32_t CLOOM_EPOLLIN, CLOOM_EPOLLOUT, CLOOM_EPOLLERR, CLOOM_EPOLLHUP,
-    CLOOM_EPOLLRDHUP, CLOOM_EPOLLET, CLOOM_EPOLLEXCLUSIVE;
+    CLOOM_EPOLLRDHUP, CLOOM_EPOLLET;
 
 // MARK: - pipes and splice
 
@@ -66,7 +66,7 @@ int cloom_set_linger_zero(int fd);
 int cloom_original_dst(int fd, int family, struct sockaddr_storage *addr, socklen_t *len);
 
 extern const int CLOOM_SOL_SOCKET, CLOOM_SO_REUSEADDR, CLOOM_SO_REUSEPORT, CLOOM_SO_MARK,
-    CLOOM_SO_ERROR, CLOOM_SO_RCVBUF, CLOOM_SO_SNDBUF, CLOOM_IPPROTO_TCP, CLOOM_TCP_NODELAY,
+    CLOOM_SO_ERROR, CLOOM_IPPROTO_TCP, CLOOM_TCP_NODELAY,
     CLOOM_IPPROTO_IPV6, CLOOM_IPV6_V6ONLY, CLOOM_SHUT_WR, CLOOM_AF_INET, CLOOM_AF_INET6,
     CLOOM_SOMAXCONN_DEFAULT;
 
@@ -87,8 +87,6 @@ int cloom_block_signals(void);
 int cloom_wait_signal(void);
 /// Names the calling thread (15 characters at most), as top and ps show it.
 int cloom_set_thread_name(const char *name);
-/// The kernel thread id of the calling thread.
-int cloom_gettid(void);
 
 #ifdef __cplusplus
 }
