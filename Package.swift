@@ -24,6 +24,8 @@ let package = Package(
             name: "LoomRelay",
             dependencies: ["LoomSystem", .product(name: "Logging", package: "swift-log")]
         ),
+        // nf_tables rule plans as data (rendered to nft text today; netlink with issue 3).
+        .target(name: "LoomIntercept", dependencies: ["LoomSystem"]),
         // Wiring: daemon options, admin socket, signals.
         .target(
             name: "LoomDaemon",
@@ -41,11 +43,13 @@ let package = Package(
             name: "loomctl",
             dependencies: [
                 "LoomDaemon",
+                "LoomIntercept",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "LoomRelayTests", dependencies: ["LoomRelay", "LoomSystem"]),
         .testTarget(name: "LoomSystemTests", dependencies: ["LoomSystem"]),
         .testTarget(name: "LoomDaemonTests", dependencies: ["LoomDaemon", "LoomRelay"]),
+        .testTarget(name: "LoomInterceptTests", dependencies: ["LoomIntercept"], exclude: ["golden"]),
     ]
 )

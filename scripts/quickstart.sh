@@ -37,7 +37,7 @@ topo_up "$pfx" 77
 echo "hello from the server pod" > "$work/index.html"
 ip netns exec "${pfx}s" python3 -m http.server 8080 --bind 10.77.2.2 --directory "$work" >/dev/null 2>&1 &
 pids+=($!)
-topo_redirect "${pfx}c" 15001 0x4c4f
+topo_redirect "${pfx}c" "$bin/loomctl"
 
 echo "== starting loomd for pod ${pfx}c (built-in default: pass-through)"
 "$bin/loomd" --netns "${pfx}c" --admin-socket "$work/admin.sock" 2> >(tee "$work/loomd.log" >&2) &

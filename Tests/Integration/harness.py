@@ -36,16 +36,11 @@ LOOM_MARK = 0x4C4F
 
 PREFIX = "lt%dx" % (os.getpid() % 10000)
 
-CLIENT_NFT = """
-table inet loomtest {
-  chain output {
-    type nat hook output priority -100; policy accept;
-    meta l4proto tcp meta mark 0x4c4f return
-    oif "lo" return
-    meta l4proto tcp redirect to :%d
-  }
-}
-""" % OUTBOUND_PORT
+def client_rules(*args):
+    """The client pod's interception rules: Loom's own plan (`loomctl rules`), the
+    same text loomd will install itself once interception lands (issue 3)."""
+    return run(loomctl_path(), "rules", "--outbound-port", str(OUTBOUND_PORT), *args).stdout
+
 
 ROUTER_NFT = """
 table inet loomtest {
@@ -172,7 +167,7 @@ class Topology:
         ns_exec(R, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         ns_exec(R, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         ns_exec(R, "nft", "-f", "-", input=ROUTER_NFT)
-        ns_exec(C, "nft", "-f", "-", input=CLIENT_NFT)
+        ns_exec(C, "nft", "-f", "-", input=client_rules())
         self.wait_paths()
 
     def wait_paths(self, timeout=10.0):

@@ -6,8 +6,8 @@
 #   server pod  ${PFX}s  10.<N>.2.2/24  fd<N>:2::2/64
 #
 # topo_up PFX N     creates it; topo_down PFX removes it (safe to call twice).
-# topo_redirect NS PORT MARK   installs the interim outbound redirect in a pod (nft CLI),
-#                   until interception lands in loomd itself (issue 3).
+# topo_redirect NS LOOMCTL   installs Loom's rule plan (`loomctl rules`) in a pod with the
+#                   nft CLI, until loomd installs it itself (issue 3).
 
 topo_up() {
     local p=$1 n=$2
@@ -46,15 +46,6 @@ topo_down() {
 }
 
 topo_redirect() {
-    local ns=$1 port=$2 mark=$3
-    ip netns exec "$ns" nft -f - <<NFT
-table inet loomdemo {
-  chain output {
-    type nat hook output priority -100; policy accept;
-    meta l4proto tcp meta mark $mark return
-    oif "lo" return
-    meta l4proto tcp redirect to :$port
-  }
-}
-NFT
+    local ns=$1 loomctl=$2
+    "$loomctl" rules | ip netns exec "$ns" nft -f -
 }

@@ -1,0 +1,61 @@
+"""Loom's rule plan against the real kernel: the `nft` text `loomctl rules` prints loads
+as is, lists back as planned (golden), and the fail-open heartbeat works as the kernel
+enforces it: no heartbeat element, connections go direct; a live element, they are
+intercepted; the element expires, they go direct again. loomd does not run this
+heartbeat yet (issue 3); here the test plays its part with the nft CLI."""
+
+import os
+import time
+
+import harness
+from harness import ECHO_PORT, S_V4, ns_exec, run
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def expect_golden(text, name):
+    path = os.path.join(HERE, "golden", name)
+    if os.environ.get("LOOM_UPDATE_GOLDEN") == "1":
+        with open(path, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        golden = f.read()
+    assert text == golden, "nft listing differs from golden/%s (LOOM_UPDATE_GOLDEN=1 rewrites):\n%s" % (
+        name, text)
+
+
+def listing(ns):
+    return ns_exec(ns, "nft", "list", "table", "inet", "loom").stdout
+
+
+def load(ns, *args):
+    ns_exec(ns, "nft", "delete", "table", "inet", "loom", check=False)
+    ns_exec(ns, "nft", "-f", "-", input=harness.client_rules(*args))
+
+
+def echo_through(loom, client):
+    before = loom.status()["accepted"]
+    assert client.call("connect", name="hb", host=S_V4, port=ECHO_PORT)["ok"]
+    assert client.call("echo", name="hb", nbytes=256, seed=2)["ok"]
+    client.call("close", name="hb")
+    return loom.status()["accepted"] - before
+
+
+def test_default_plan_lists_as_planned(topo):
+    expect_golden(listing(topo.client), "default.list")
+
+
+def test_fail_open_heartbeat(loom, topo, client, echo_server):
+    try:
+        load(topo.client, "--fail", "open", "--exclude-cidrs", "192.0.2.0/24,2001:db8::/32",
+             "--exclude-outbound-ports", "9,13")
+        expect_golden(listing(topo.client), "open.list")
+        assert echo_through(loom, client) == 0, "no heartbeat: the connection must go direct"
+        ns_exec(topo.client, "nft", "add", "element", "inet", "loom", "heartbeat",
+                "{ tcp timeout 3s }")
+        assert echo_through(loom, client) == 1, "live heartbeat: the connection must go through Loom"
+        time.sleep(3.5)
+        assert echo_through(loom, client) == 0, "expired heartbeat: the connection must go direct"
+    finally:
+        load(topo.client)
+    assert echo_through(loom, client) == 1, "default (fail closed) plan restored"
