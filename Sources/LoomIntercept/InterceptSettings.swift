@@ -27,6 +27,9 @@ public struct InterceptSettings: Equatable, Sendable {
     public var failPolicy: FailPolicy
     /// How long loomd's heartbeat keeps `open` pods intercepted (seconds).
     public var heartbeatSeconds: Int
+    /// Capture inbound connections too (a `prerouting` chain redirecting to
+    /// `inboundPort`). Off: outbound capture only.
+    public var captureInbound: Bool
 
     public init(
         outboundPort: UInt16 = 15001,
@@ -37,7 +40,8 @@ public struct InterceptSettings: Equatable, Sendable {
         excludeInboundPorts: [UInt16] = [],
         excludeCIDRs: [CIDR] = [],
         failPolicy: FailPolicy = .closed,
-        heartbeatSeconds: Int = 5
+        heartbeatSeconds: Int = 5,
+        captureInbound: Bool = true
     ) {
         self.outboundPort = outboundPort
         self.inboundPort = inboundPort
@@ -48,6 +52,7 @@ public struct InterceptSettings: Equatable, Sendable {
         self.excludeCIDRs = excludeCIDRs
         self.failPolicy = failPolicy
         self.heartbeatSeconds = heartbeatSeconds
+        self.captureInbound = captureInbound
     }
 
     /// Parses a comma-separated port list such as `22,8080`.

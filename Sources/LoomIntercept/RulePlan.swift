@@ -99,9 +99,8 @@ public struct RulePlan: Equatable, Sendable {
         }
         output.append(Rule(matches: [], verdict: .redirect(settings.outboundPort), reason: "outbound capture"))
         inbound.append(Rule(matches: [], verdict: .redirect(settings.inboundPort), reason: "inbound capture"))
-        chains = [
-            Chain(name: "output", hook: "output", rules: output),
-            Chain(name: "prerouting", hook: "prerouting", rules: inbound),
-        ]
+        chains =
+            [Chain(name: "output", hook: "output", rules: output)]
+            + (settings.captureInbound ? [Chain(name: "prerouting", hook: "prerouting", rules: inbound)] : [])
     }
 }

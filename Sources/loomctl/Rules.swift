@@ -19,6 +19,8 @@ struct Rules: ParsableCommand {
     @Option(help: "Comma-separated local ports whose inbound connections bypass Loom.") var excludeInboundPorts: String?
     @Option(help: "Comma-separated destination CIDRs that bypass Loom.") var excludeCidrs: String?
     @Option(help: "Fail policy when loomd is gone: closed (refuse) or open (go direct).") var fail: String = "closed"
+    @Flag(help: "Capture outbound connections only (loomd has no inbound listener on 15006 yet).")
+    var outboundOnly = false
 
     func run() throws {
         guard let policy = FailPolicy(rawValue: fail) else {
@@ -43,7 +45,8 @@ struct Rules: ParsableCommand {
                 excludeCIDRs: try (excludeCidrs?.split(separator: ",") ?? []).map {
                     try CIDR(parsing: String($0).filter { $0 != " " })
                 },
-                failPolicy: policy
+                failPolicy: policy,
+                captureInbound: !outboundOnly
             )
             print(RulePlan(settings).nftText(), terminator: "")
         } catch let error as InterceptError {

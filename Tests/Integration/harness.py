@@ -38,8 +38,10 @@ PREFIX = "lt%dx" % (os.getpid() % 10000)
 
 def client_rules(*args):
     """The client pod's interception rules: Loom's own plan (`loomctl rules`), the
-    same text loomd will install itself once interception lands (issue 3)."""
-    return run(loomctl_path(), "rules", "--outbound-port", str(OUTBOUND_PORT), *args).stdout
+    same text loomd will install itself once interception lands (issue 3). Outbound
+    only: loomd has no inbound listener (15006) yet."""
+    return run(loomctl_path(), "rules", "--outbound-only", "--outbound-port", str(OUTBOUND_PORT),
+               *args).stdout
 
 
 ROUTER_NFT = """

@@ -45,6 +45,20 @@ def test_default_plan_lists_as_planned(topo):
     expect_golden(listing(topo.client), "default.list")
 
 
+def test_full_plan_loads_as_planned(topo):
+    """Both chains (inbound capture too) with every kind of exemption: the kernel takes
+    the text as is and lists it back as planned. Nothing connects into the client pod
+    here, so the inbound redirect (no listener on 15006 yet) affects no test."""
+    try:
+        ns_exec(topo.client, "nft", "delete", "table", "inet", "loom")
+        text = run(harness.loomctl_path(), "rules", "--fail", "open", "--exclude-inbound-ports", "9090,22",
+                   "--exclude-outbound-ports", "53", "--exclude-cidrs", "10.96.0.0/12,fd00::/8").stdout
+        ns_exec(topo.client, "nft", "-f", "-", input=text)
+        expect_golden(listing(topo.client), "full-open.list")
+    finally:
+        load(topo.client)
+
+
 def test_fail_open_heartbeat(loom, topo, client, echo_server):
     try:
         load(topo.client, "--fail", "open", "--exclude-cidrs", "192.0.2.0/24,2001:db8::/32",

@@ -54,6 +54,12 @@ func expectGolden(_ text: String, _ name: String, sourceLocation: SourceLocation
         }
     }
 
+    @Test func outboundOnlyPlanHasNoPreroutingChain() {
+        let plan = RulePlan(InterceptSettings(captureInbound: false))
+        #expect(plan.chains.map(\.hook) == ["output"])
+        #expect(!plan.nftText().contains("15006"))
+    }
+
     @Test func badValuesAreNamed() {
         #expect(throws: InterceptError.invalidPort(option: "--exclude-outbound-ports", value: "http")) {
             try InterceptSettings.ports(parsing: "80,http", option: "--exclude-outbound-ports")

@@ -47,5 +47,6 @@ topo_down() {
 
 topo_redirect() {
     local ns=$1 loomctl=$2
-    "$loomctl" rules | ip netns exec "$ns" nft -f -
+    # Outbound only: loomd has no inbound (15006) listener yet.
+    "$loomctl" rules --outbound-only | ip netns exec "$ns" nft -f -
 }
