@@ -36,6 +36,13 @@ def accepted_delta(loom, st0):
     return counter(loom.status(), "accepted") - counter(st0, "accepted")
 
 
+def cpu_ticks(pid):
+    """utime + stime of a process, in clock ticks (1/100 s)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def ctx(loom):
     """Tail of loomd's stderr, for assertion messages."""
     return "\n--- loomd stderr (tail) ---\n" + loom.stderr_text()
@@ -241,6 +248,12 @@ def test_slow_reader_backpressure(loom, client, server, echo_server, figure):
         r["written"] / MiB)
     assert r["written"] > 0
     assert growth < 32 * 1024, "loomd RSS grew by %d KiB" % growth
+    # Stalled both ways (client blocked, server not reading): loomd must sleep, not spin.
+    ticks0 = cpu_ticks(loom.pid)
+    time.sleep(2.0)
+    spent = cpu_ticks(loom.pid) - ticks0
+    figure("loomd CPU ticks in 2 s while stalled", spent)
+    assert spent <= 20, "loomd used %d ticks (1/100 s) in 2 s with nothing to do: it spins" % spent
 
     client.call("close", name="c")
     server.call("close_prefix", prefix="h")
@@ -358,6 +371,21 @@ def test_connect_timeout(loom_manager, topo, client, fam):
     assert 1.5 <= took <= 4.5, "reset came after %.2fs, expected ~2s%s" % (took, ctx(ld))
     st = ld.wait_status(lambda s: counter(s, "active") == 0, 5)
     assert counter(st, "active") == 0
+    ld.assert_alive()
+
+
+def test_client_reset_while_connecting(loom_manager, topo, client):
+    """The client resets while loomd's upstream connect is still pending (a blackhole,
+    --connect-timeout 30): loomd drops the attempt at once, not 30 s later."""
+    ld = loom_manager.ensure(["--connect-timeout", "30"])
+    assert client.call("connect", name="bh", host=harness.BLACKHOLE_V4, port=80, timeout=10)["ok"]
+    st = ld.wait_status(lambda s: counter(s, "active") == 1, 5)
+    assert counter(st, "active") == 1, "loomd is not holding the pending connection: %s" % st["raw"]
+    client.call("close", name="bh", rst=True)
+    t0 = time.monotonic()
+    st = ld.wait_status(lambda s: counter(s, "active") == 0, 5)
+    assert counter(st, "active") == 0, "pending upstream connect outlived the client's reset%s" % ctx(ld)
+    assert time.monotonic() - t0 < 2
     ld.assert_alive()
 
 
