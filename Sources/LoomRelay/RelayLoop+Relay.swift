@@ -45,9 +45,14 @@ extension RelayLoop {
             if writable { conn.state.outbound.sinkWritable = true }
             if case .connecting = conn.state.phase {
                 guard writable else { return }
-                let err = conn.upstream.pendingError()
-                if err != 0 {
-                    close(conn, reason: connectFailure(SystemError("connect", errno: err)))
+                // A failed connect reports EPOLLERR (handled above) or EPOLLHUP; plain
+                // EPOLLOUT means it succeeded, so SO_ERROR is read only for a hang-up.
+                if events.contains(.hangup) {
+                    let err = conn.upstream.pendingError()
+                    close(
+                        conn,
+                        reason: connectFailure(SystemError("connect", errno: err != 0 ? err : Errno.connectionRefused))
+                    )
                     return
                 }
                 conn.state.connected(now: now)
