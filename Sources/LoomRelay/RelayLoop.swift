@@ -11,7 +11,7 @@ import Synchronization
 /// One event loop of the relay core.
 public final class RelayLoop: @unchecked Sendable {
     // @unchecked: all mutable state below is touched only by the loop's own thread after
-    // `start()`; other threads use only `stats` and the atomics `stopAccepting`/`stopNow`.
+    // `start()`; other threads use only `stats` and the atomic stop flags.
 
     /// The loop's number (0-based), for logs.
     public let id: Int
