@@ -1,0 +1,66 @@
+"""Help text of loomd and loomctl against golden files (LOOM_UPDATE_GOLDEN=1 rewrites
+them), and the CLI's answers to bad input: one clear line, a non-zero exit."""
+
+import os
+import subprocess
+
+import pytest
+
+import harness
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENV = dict(os.environ, COLUMNS="100")
+
+
+def run(*cmd):
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=30, env=ENV)
+
+
+@pytest.mark.parametrize("tool,args,golden", [
+    ("loomd", ["--help"], "loomd-help.txt"),
+    ("loomctl", ["--help"], "loomctl-help.txt"),
+    ("loomctl", ["status", "--help"], "loomctl-status-help.txt"),
+    ("loomctl", ["rules", "--help"], "loomctl-rules-help.txt"),
+])
+def test_help_text(tool, args, golden):
+    binary = harness.loomd_path() if tool == "loomd" else harness.loomctl_path()
+    if not os.access(binary, os.X_OK):
+        pytest.skip("%s not built" % binary)
+    out = run(binary, *args)
+    assert out.returncode == 0, out.stderr
+    path = os.path.join(HERE, "golden", golden)
+    if os.environ.get("LOOM_UPDATE_GOLDEN") == "1":
+        with open(path, "w") as f:
+            f.write(out.stdout)
+    with open(path) as f:
+        assert out.stdout == f.read(), "help differs from golden/%s (LOOM_UPDATE_GOLDEN=1 rewrites)" % golden
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--loops", "0"], "--loops must be between 1 and 256"),
+    (["--mark", "loom"], "--mark must be a 32-bit number"),
+    (["--pipe-size", "4096"], "--pipe-size must be between 65536 and 1048576"),
+    (["--netns", "loom-no-such-netns", "--admin-socket", "/tmp/loom-cli-test.sock"], "ip netns list"),
+])
+def test_loomd_bad_input(args, message):
+    binary = harness.loomd_path()
+    if not os.access(binary, os.X_OK):
+        pytest.skip("%s not built" % binary)
+    out = run(binary, *args)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["rules", "--exclude-cidrs", "10.1.2.3/8"], "did you mean 10.0.0.0/8"),
+    (["rules", "--exclude-outbound-ports", "80,http"], "'http' is not a port"),
+    (["rules", "--fail", "sometimes"], "--fail must be 'closed' or 'open'"),
+    (["status", "--admin-socket", "/tmp/loom-cli-test-nothing.sock"], "is loomd running"),
+])
+def test_loomctl_bad_input(args, message):
+    binary = harness.loomctl_path()
+    if not os.access(binary, os.X_OK):
+        pytest.skip("%s not built" % binary)
+    out = run(binary, *args)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
