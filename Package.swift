@@ -44,6 +44,7 @@ let package = Package(
             dependencies: [
                 "LoomDaemon",
                 "LoomIntercept",
+                "LoomSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

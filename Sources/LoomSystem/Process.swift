@@ -47,3 +47,14 @@ public enum SystemProcess {
     /// This process's id.
     public static var id: Int32 { getpid() }
 }
+
+extension UInt32 {
+    /// Parses `0x4c4f` (hex) or `19535` (decimal), as marks are written.
+    public init?(decimalOrHex text: String) {
+        let lower = text.lowercased()
+        guard let value = lower.hasPrefix("0x") ? UInt32(lower.dropFirst(2), radix: 16) : UInt32(lower) else {
+            return nil
+        }
+        self = value
+    }
+}

@@ -1,6 +1,7 @@
 // `loomctl rules`: the nf_tables rules Loom installs in a pod, as `nft` text.
 import ArgumentParser
 import LoomIntercept
+import LoomSystem
 
 struct Rules: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -26,8 +27,7 @@ struct Rules: ParsableCommand {
         guard let policy = FailPolicy(rawValue: fail) else {
             throw ValidationError("--fail must be 'closed' or 'open' (got '\(fail)')")
         }
-        let markValue = mark.lowercased().hasPrefix("0x") ? UInt32(mark.dropFirst(2), radix: 16) : UInt32(mark)
-        guard let markValue else {
+        guard let markValue = UInt32(decimalOrHex: mark) else {
             throw ValidationError("--mark must be a 32-bit number such as 0x4c4f (got '\(mark)')")
         }
         do {

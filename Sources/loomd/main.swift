@@ -64,7 +64,7 @@ struct Loomd: ParsableCommand {
         if let loops, loops < 1 || loops > 256 {
             throw ValidationError("--loops must be between 1 and 256 (got \(loops))")
         }
-        if parseMark(mark) == nil {
+        if UInt32(decimalOrHex: mark) == nil {
             throw ValidationError("--mark must be a 32-bit number such as 0x4c4f (got '\(mark)')")
         }
         if Logger.Level(rawValue: logLevel) == nil {
@@ -95,7 +95,7 @@ struct Loomd: ParsableCommand {
         let relay = RelayConfiguration(
             loops: loops ?? max(1, SystemProcess.processorCount),
             outboundPort: outboundPort,
-            socketMark: parseMark(mark)!,
+            socketMark: UInt32(decimalOrHex: mark)!,
             connectTimeoutMs: Int64(connectTimeout * 1000),
             idleTimeoutMs: Int64(idleTimeout * 1000),
             pipeSize: pipeSize,
@@ -121,10 +121,6 @@ struct Loomd: ParsableCommand {
         }
         daemon.runUntilSignalled()
     }
-}
-
-func parseMark(_ text: String) -> UInt32? {
-    text.lowercased().hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text)
 }
 
 Loomd.main()

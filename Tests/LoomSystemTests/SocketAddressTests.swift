@@ -69,3 +69,13 @@ import Testing
         #expect(try splice(from: pipe.read, to: other.write, count: 100) == .wouldBlock)
     }
 }
+
+@Suite struct MarkParsingTests {
+    @Test func hexAndDecimal() {
+        #expect(UInt32(decimalOrHex: "0x4c4f") == 0x4c4f)
+        #expect(UInt32(decimalOrHex: "0X4C4F") == 0x4c4f)
+        #expect(UInt32(decimalOrHex: "19535") == 19535)
+        #expect(UInt32(decimalOrHex: "loom") == nil)
+        #expect(UInt32(decimalOrHex: "0x1ffffffff") == nil)
+    }
+}
