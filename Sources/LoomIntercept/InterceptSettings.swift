@@ -1,5 +1,7 @@
 // What a pod's interception looks like: ports, mark, exemptions, fail policy.
 
+import LoomSystem
+
 /// What happens to a pod's new connections when loomd is gone.
 public enum FailPolicy: String, Sendable, CaseIterable {
     /// Intercepted connections are refused: nothing bypasses the mesh (default).
@@ -32,10 +34,10 @@ public struct InterceptSettings: Equatable, Sendable {
     public var captureInbound: Bool
 
     public init(
-        outboundPort: UInt16 = 15001,
-        inboundPort: UInt16 = 15006,
-        tunnelPort: UInt16 = 15008,
-        mark: UInt32 = 0x4c4f,
+        outboundPort: UInt16 = LoomPorts.outbound,
+        inboundPort: UInt16 = LoomPorts.inbound,
+        tunnelPort: UInt16 = LoomPorts.tunnel,
+        mark: UInt32 = LoomPorts.socketMark,
         excludeOutboundPorts: [UInt16] = [],
         excludeInboundPorts: [UInt16] = [],
         excludeCIDRs: [CIDR] = [],

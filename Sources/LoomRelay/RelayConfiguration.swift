@@ -1,4 +1,5 @@
 // Settings of the relay core and the resource budget derived from them.
+import LoomSystem
 
 /// Settings shared by every relay loop.
 public struct RelayConfiguration: Sendable, Equatable {
@@ -27,8 +28,8 @@ public struct RelayConfiguration: Sendable, Equatable {
 
     public init(
         loops: Int = 1,
-        outboundPort: UInt16 = 15001,
-        socketMark: UInt32 = RelayConfiguration.defaultMark,
+        outboundPort: UInt16 = LoomPorts.outbound,
+        socketMark: UInt32 = LoomPorts.socketMark,
         connectTimeoutMs: Int64 = 10_000,
         idleTimeoutMs: Int64 = 3_600_000,
         pipeSize: Int = 1 << 20,
@@ -49,9 +50,6 @@ public struct RelayConfiguration: Sendable, Equatable {
         self.busyPollMicroseconds = busyPollMicroseconds
     }
 
-    /// Loom's socket mark, 0x4c4f ("LO"). Chosen to stay clear of the bits Istio (0x539),
-    /// Cilium (0x0200, 0x0f00 ranges) and kube-proxy (0x4000, 0x8000) use.
-    public static let defaultMark: UInt32 = 0x4c4f
 }
 
 /// How many connections and pipes fit in the process's limits.

@@ -12,10 +12,11 @@ struct Rules: ParsableCommand {
             """
     )
 
-    @Option(help: "Outbound capture port.") var outboundPort: UInt16 = 15001
-    @Option(help: "Inbound capture port.") var inboundPort: UInt16 = 15006
-    @Option(help: "Inbound mTLS tunnel port (never redirected).") var tunnelPort: UInt16 = 15008
-    @Option(help: "loomd's socket mark (never redirected).") var mark: String = "0x4c4f"
+    @Option(help: "Outbound capture port.") var outboundPort: UInt16 = LoomPorts.outbound
+    @Option(help: "Inbound capture port.") var inboundPort: UInt16 = LoomPorts.inbound
+    @Option(help: "Inbound mTLS tunnel port (never redirected).") var tunnelPort: UInt16 = LoomPorts.tunnel
+    @Option(help: "loomd's socket mark (never redirected).") var mark: String =
+        "0x" + String(LoomPorts.socketMark, radix: 16)
     @Option(help: "Comma-separated destination ports that bypass Loom.") var excludeOutboundPorts: String?
     @Option(help: "Comma-separated local ports whose inbound connections bypass Loom.") var excludeInboundPorts: String?
     @Option(help: "Comma-separated destination CIDRs that bypass Loom.") var excludeCidrs: String?

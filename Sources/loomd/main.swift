@@ -25,10 +25,10 @@ struct Loomd: ParsableCommand {
     var loops: Int?
 
     @Option(name: .long, help: "Outbound capture port inside the pod.")
-    var outboundPort: UInt16 = 15001
+    var outboundPort: UInt16 = LoomPorts.outbound
 
     @Option(name: .long, help: "SO_MARK set on upstream sockets (decimal or 0x hex); the redirect rules exempt it.")
-    var mark: String = "0x4c4f"
+    var mark: String = "0x" + String(LoomPorts.socketMark, radix: 16)
 
     @Option(name: .long, help: "Connection limit across loops. Default: what the fd and pipe budget allows.")
     var maxConnections: Int?
