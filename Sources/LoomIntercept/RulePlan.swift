@@ -56,42 +56,36 @@ public struct RulePlan: Equatable, Sendable {
     /// Builds the plan for a pod.
     public init(_ settings: InterceptSettings) {
         self.settings = settings
-        var output: [Rule] = [
-            Rule(matches: [.notTCP], verdict: .bypass, reason: "not TCP"),
-            Rule(matches: [.mark(settings.mark)], verdict: .bypass, reason: "loomd's own socket"),
-            Rule(matches: [.outputLoopback], verdict: .bypass, reason: "loopback"),
-        ]
-        if !settings.excludeOutboundPorts.isEmpty {
-            output.append(
-                Rule(
-                    matches: [.destinationPorts(settings.excludeOutboundPorts)],
-                    verdict: .bypass,
-                    reason: "excluded outbound port"
-                )
-            )
+        // An empty list adds no rule: nft rejects an empty anonymous set.
+        func bypass(_ match: Match, _ isEmpty: Bool, _ reason: String) -> [Rule] {
+            isEmpty ? [] : [Rule(matches: [match], verdict: .bypass, reason: reason)]
         }
         let v4 = settings.excludeCIDRs.filter(\.isIPv4)
         let v6 = settings.excludeCIDRs.filter { !$0.isIPv4 }
-        if !v4.isEmpty {
-            output.append(Rule(matches: [.destinationPrefixes4(v4)], verdict: .bypass, reason: "excluded CIDR"))
-        }
-        if !v6.isEmpty {
-            output.append(Rule(matches: [.destinationPrefixes6(v6)], verdict: .bypass, reason: "excluded CIDR"))
-        }
-        var inbound: [Rule] = [
-            Rule(matches: [.notTCP], verdict: .bypass, reason: "not TCP"),
-            Rule(matches: [.inputLoopback], verdict: .bypass, reason: "loopback"),
-            Rule(matches: [.destinationPorts([settings.tunnelPort])], verdict: .bypass, reason: "mTLS tunnel port"),
-        ]
-        if !settings.excludeInboundPorts.isEmpty {
-            inbound.append(
-                Rule(
-                    matches: [.destinationPorts(settings.excludeInboundPorts)],
-                    verdict: .bypass,
-                    reason: "excluded inbound port"
-                )
+        var output: [Rule] =
+            [
+                Rule(matches: [.notTCP], verdict: .bypass, reason: "not TCP"),
+                Rule(matches: [.mark(settings.mark)], verdict: .bypass, reason: "loomd's own socket"),
+                Rule(matches: [.outputLoopback], verdict: .bypass, reason: "loopback"),
+            ]
+            + bypass(
+                .destinationPorts(settings.excludeOutboundPorts),
+                settings.excludeOutboundPorts.isEmpty,
+                "excluded outbound port"
             )
-        }
+            + bypass(.destinationPrefixes4(v4), v4.isEmpty, "excluded CIDR")
+            + bypass(.destinationPrefixes6(v6), v6.isEmpty, "excluded CIDR")
+        var inbound: [Rule] =
+            [
+                Rule(matches: [.notTCP], verdict: .bypass, reason: "not TCP"),
+                Rule(matches: [.inputLoopback], verdict: .bypass, reason: "loopback"),
+                Rule(matches: [.destinationPorts([settings.tunnelPort])], verdict: .bypass, reason: "mTLS tunnel port"),
+            ]
+            + bypass(
+                .destinationPorts(settings.excludeInboundPorts),
+                settings.excludeInboundPorts.isEmpty,
+                "excluded inbound port"
+            )
         if settings.failPolicy == .open {
             let rule = Rule(matches: [.heartbeatExpired], verdict: .bypass, reason: "fail open: loomd is gone")
             output.append(rule)
