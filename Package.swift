@@ -17,6 +17,12 @@ let package = Package(
         // Only what Swift cannot call directly: _GNU_SOURCE calls, packed epoll_event,
         // netfilter socket options. No decisions in C.
         .target(name: "CLoomLinux", path: "CModules/CLoomLinux"),
+        // nf_tables batches over libmnl + libnftnl (Debian: libmnl-dev, libnftnl-dev).
+        .target(
+            name: "CLoomNetfilter",
+            path: "CModules/CLoomNetfilter",
+            linkerSettings: [.linkedLibrary("nftnl"), .linkedLibrary("mnl")]
+        ),
         // The only Swift target that calls Glibc/C: fds, errno, one syscall helper.
         .target(name: "LoomSystem", dependencies: ["CLoomLinux"]),
         // Event loops, connection state machines, splice relay, pipe pool.
@@ -24,8 +30,8 @@ let package = Package(
             name: "LoomRelay",
             dependencies: ["LoomSystem", .product(name: "Logging", package: "swift-log")]
         ),
-        // nf_tables rule plans as data (rendered to nft text today; netlink with issue 3).
-        .target(name: "LoomIntercept", dependencies: ["LoomSystem"]),
+        // nf_tables rule plans as data, rendered to nft text and to one netlink batch.
+        .target(name: "LoomIntercept", dependencies: ["LoomSystem", "CLoomNetfilter"]),
         // Wiring: daemon options, admin socket, signals.
         .target(
             name: "LoomDaemon",
