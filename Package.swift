@@ -12,6 +12,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
     ],
     targets: [
         // Only what Swift cannot call directly: _GNU_SOURCE calls, packed epoll_event,
@@ -32,15 +33,20 @@ let package = Package(
         ),
         // nf_tables rule plans as data, rendered to nft text and to one netlink batch.
         .target(name: "LoomIntercept", dependencies: ["LoomSystem", "CLoomNetfilter"]),
-        // Wiring: daemon options, admin socket, signals.
+        // Wiring: daemon options, configuration, interception manager, admin socket, signals.
         .target(
             name: "LoomDaemon",
-            dependencies: ["LoomRelay", "LoomSystem", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "LoomRelay", "LoomSystem", "LoomIntercept",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
         ),
         .executableTarget(
             name: "loomd",
             dependencies: [
                 "LoomDaemon",
+                "LoomIntercept",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -56,7 +62,7 @@ let package = Package(
         ),
         .testTarget(name: "LoomRelayTests", dependencies: ["LoomRelay", "LoomSystem"]),
         .testTarget(name: "LoomSystemTests", dependencies: ["LoomSystem"]),
-        .testTarget(name: "LoomDaemonTests", dependencies: ["LoomDaemon", "LoomRelay"]),
+        .testTarget(name: "LoomDaemonTests", dependencies: ["LoomDaemon", "LoomRelay", "LoomIntercept"]),
         .testTarget(name: "LoomInterceptTests", dependencies: ["LoomIntercept"], exclude: ["golden"]),
     ]
 )

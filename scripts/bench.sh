@@ -260,13 +260,15 @@ set_rule() { # mode
     case $1 in
     direct) ;;
     loom)
+        # loomd installed its own table (inet loom, priority -100); this one runs
+        # first and only counts the connections that table will redirect.
         inC nft -f - <<EOF
 table inet bench {
     chain output {
-        type nat hook output priority -100;
+        type nat hook output priority -150;
         meta l4proto tcp meta mark $LOOM_MARK return
         oif "lo" return
-        meta l4proto tcp counter redirect to :$LOOM_PORT
+        meta l4proto tcp counter
     }
 }
 EOF
@@ -329,7 +331,8 @@ start_proxy() { # mode loops
     loom)
         rm -f "$TMP/admin.sock"
         # Started from the root netns; loomd enters $NS_C itself.
-        start_bg "$TMP/loomd-$n.err" - "$LOOMD" --netns "$NS_C" --loops "$n" --admin-socket "$TMP/admin.sock" $LOOMD_ARGS
+        start_bg "$TMP/loomd-$n.err" - "$LOOMD" --netns "$NS_C" --loops "$n" --admin-socket "$TMP/admin.sock" \
+            --state-dir "$TMP/loom-state" $LOOMD_ARGS
         PROXY_PID=$LAST_PID
         local i
         for ((i = 0; i < 300; i++)); do
@@ -366,6 +369,8 @@ stop_proxy() { # mode phase
     if [[ -n $PROXY_PID ]]; then
         stop_pid "$PROXY_PID"
     fi
+    # A stopped loomd leaves its table (fail closed); the next mode needs the pod clear.
+    if [[ $mode == loom ]]; then inC nft delete table inet loom 2>/dev/null || true; fi
     PROXY_PID=""
 }
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Quick start: installs dependencies, builds Loom, and shows it relaying a real
-# intercepted connection on its built-in default (no configuration: transparent
+# Quick start: installs dependencies, builds Loom, and shows it intercepting a real
+# connection on its built-in default (no configuration: no pods, transparent
 # pass-through). It creates a client pod, a router and a server pod as network
-# namespaces, redirects the client pod's outbound TCP to loomd, fetches a page from the
-# server pod through Loom, prints what loomd saw, and removes everything it created.
+# namespaces, starts loomd, adds the client pod to namespace `demo` and enables
+# interception there (loomd programs nf_tables in the pod and listens inside it),
+# fetches a page from the server pod through Loom, prints what loomd saw, and removes
+# everything it created.
 #   sudo scripts/quickstart.sh          demo, then clean up
 #   sudo scripts/quickstart.sh --keep   leave loomd and the pods running until Ctrl-C
 set -euo pipefail
@@ -37,19 +39,25 @@ topo_up "$pfx" 77
 echo "hello from the server pod" > "$work/index.html"
 ip netns exec "${pfx}s" python3 -m http.server 8080 --bind 10.77.2.2 --directory "$work" >/dev/null 2>&1 &
 pids+=($!)
-topo_redirect "${pfx}c" "$bin/loomctl"
 
-echo "== starting loomd for pod ${pfx}c (built-in default: pass-through)"
-"$bin/loomd" --netns "${pfx}c" --admin-socket "$work/admin.sock" 2> >(tee "$work/loomd.log" >&2) &
+echo "== starting loomd (built-in default: no pods, pass-through)"
+"$bin/loomd" --admin-socket "$work/admin.sock" --state-dir "$work" 2> >(tee "$work/loomd.log" >&2) &
 pids+=($!)
 for _ in $(seq 100); do grep -q "] ready: " "$work/loomd.log" 2>/dev/null && break; sleep 0.1; done
 for _ in $(seq 50); do ip netns exec "${pfx}s" bash -c '</dev/tcp/10.77.2.2/8080' 2>/dev/null && break; sleep 0.1; done
+ctl() { "$bin/loomctl" "$@" --admin-socket "$work/admin.sock"; }
+
+echo "== loomctl pod add --netns ${pfx}c --namespace demo; loomctl enable --namespace demo"
+ctl pod add --netns "${pfx}c" --namespace demo
+ctl enable --namespace demo
+echo "== the table loomd installed in pod ${pfx}c (ip netns exec ${pfx}c nft list table inet loom)"
+ip netns exec "${pfx}c" nft list table inet loom
 
 echo "== curl from the client pod to http://10.77.2.2:8080/ (intercepted by nf_tables, relayed by Loom)"
 ip netns exec "${pfx}c" curl -sS --max-time 5 http://10.77.2.2:8080/
 echo "== loomctl status"
-"$bin/loomctl" status --admin-socket "$work/admin.sock"
-relayed=$("$bin/loomctl" status --json --admin-socket "$work/admin.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connections"]["accepted"])')
+ctl status
+relayed=$(ctl status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["connections"]["accepted"])')
 if [[ $relayed -lt 1 ]]; then
     echo "quickstart: loomd did not see the connection" >&2
     exit 1
@@ -61,3 +69,6 @@ if $keep; then
     echo "status: sudo $bin/loomctl status --admin-socket $work/admin.sock   (Ctrl-C to stop and clean up)"
     wait "${pids[1]}"
 fi
+echo "== loomctl disable --namespace demo (the pod's ruleset is as before)"
+ctl disable --namespace demo
+ip netns exec "${pfx}c" nft list ruleset

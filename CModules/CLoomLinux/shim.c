@@ -163,3 +163,36 @@ int cloom_wait_signal(void) {
 
 
 int cloom_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
+
+// MARK: - eventfd, file identity
+
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+
+int cloom_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+int cloom_eventfd_signal(int fd) {
+    uint64_t one = 1;
+    return write(fd, &one, sizeof one) == (ssize_t)sizeof one ? 0 : -1;
+}
+
+int cloom_eventfd_drain(int fd) {
+    uint64_t value;
+    return read(fd, &value, sizeof value) == (ssize_t)sizeof value ? 0 : -1;
+}
+
+int cloom_file_identity(const char *path, uint64_t *dev, uint64_t *ino) {
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    *dev = (uint64_t)st.st_dev;
+    *ino = (uint64_t)st.st_ino;
+    return 0;
+}
+
+int cloom_fd_identity(int fd, uint64_t *dev, uint64_t *ino) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -1;
+    *dev = (uint64_t)st.st_dev;
+    *ino = (uint64_t)st.st_ino;
+    return 0;
+}

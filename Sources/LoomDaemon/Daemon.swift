@@ -1,14 +1,25 @@
-// loomd's wiring: budget, relay loops in the pod's netns, admin socket, signals, drain.
+// loomd's wiring: lock, configuration, budget, relay loops, interception, admin socket,
+// signals, drain.
 import Dispatch
+import Foundation
 import Logging
+import LoomIntercept
 import LoomRelay
 import LoomSystem
+import Synchronization
 
 /// Everything loomd needs to start.
 public struct DaemonSettings: Sendable {
-    /// The pod network namespace to serve (name, path or PID); nil: loomd's own.
-    public var netns: String?
     public var relay: RelayConfiguration
+    /// Ports, mark and heartbeat every pod's rules use.
+    public var intercept: InterceptSettings
+    /// Configuration file (YAML); nil: the embedded default (no pods).
+    public var configPath: String?
+    /// Pods given on the command line (`--netns`): added to namespace `default` and
+    /// intercepted.
+    public var netns: [String]
+    /// Where the lock and the persisted interception state live; nil: nothing persisted.
+    public var stateDirectory: String?
     /// Unix socket of the admin API.
     public var adminSocket: String
     /// On SIGTERM, wait this long for connections to finish before resetting them.
@@ -17,28 +28,50 @@ public struct DaemonSettings: Sendable {
     public var pipePages: Int?
 
     public init(
-        netns: String?,
         relay: RelayConfiguration,
+        intercept: InterceptSettings = InterceptSettings(),
+        configPath: String? = nil,
+        netns: [String] = [],
+        stateDirectory: String? = "/run/loom",
         adminSocket: String = "/run/loom/admin.sock",
         drainTimeoutMs: Int64 = 5000,
         pipePages: Int? = nil
     ) {
-        self.netns = netns
         self.relay = relay
+        self.intercept = intercept
+        self.configPath = configPath
+        self.netns = netns
+        self.stateDirectory = stateDirectory
         self.adminSocket = adminSocket
         self.drainTimeoutMs = drainTimeoutMs
         self.pipePages = pipePages
     }
 }
 
+/// Another loomd owns the state directory.
+public struct DaemonLockError: Error, CustomStringConvertible {
+    public let path: String
+    public let error: SystemError
+    public var description: String {
+        if error.errno == EWOULDBLOCK {
+            return "another loomd is running on this node (it holds \(path)); stop it first, or give this one its own --state-dir and --admin-socket"
+        }
+        return "cannot lock \(path): \(error)"
+    }
+}
+
 /// The running daemon.
 public final class Daemon: @unchecked Sendable {
-    // @unchecked: `loops` and `admin` are set in `start()` before other threads read them
-    // and not changed afterwards.
+    // @unchecked: `loops`, `admin`, `controller` and `ticker` are set in `start()` before
+    // other threads read them and not changed afterwards (`stopping` is atomic).
     public let settings: DaemonSettings
     public private(set) var loops: [RelayLoop] = []
     public private(set) var budget: ResourceBudget?
     private var admin: AdminServer?
+    private var controller: InterceptionController?
+    private var ticker: SystemThread?
+    private let stopping = Atomic<Bool>(false)
+    private var lockFile: FileDescriptor?
     private let logger: Logger
     private let startedAt = SystemProcess.nowMilliseconds()
 
@@ -47,39 +80,76 @@ public final class Daemon: @unchecked Sendable {
         self.logger = logger
     }
 
-    /// Computes the budget, opens the netns, starts the loops and the admin socket.
+    /// Locks the state directory, reads the configuration, computes the budget, starts
+    /// the loops, intercepts the pods asked for, and opens the admin socket.
     public func start() throws {
         SystemProcess.blockSignals()
+        var statePath: String?
+        var saved: NodeState?
+        if let dir = settings.stateDirectory {
+            makeDirectories(dir, mode: 0o700)
+            let lockPath = dir + "/loomd.lock"
+            do {
+                lockFile = try SystemProcess.lockFile(lockPath)
+            } catch {
+                throw DaemonLockError(path: lockPath, error: error)
+            }
+            statePath = dir + "/state.json"
+            if let data = FileManager.default.contents(atPath: dir + "/state.json") {
+                do {
+                    saved = try JSONDecoder().decode(NodeState.self, from: data)
+                } catch {
+                    logger.warning("ignoring unreadable \(dir)/state.json: \(error)")
+                }
+            }
+        }
+        var config = try settings.configPath.map { (path) throws(NodeConfigError) in try NodeConfig.load(path: path) }
+            ?? NodeState()
+        for netns in settings.netns {
+            try? config.addPod(PodEntry(netns: netns, namespace: NodeState.defaultNamespace, intercept: true, fromConfig: true))
+        }
+        for netns in settings.netns {
+            // Fail fast on a pod named on the command line that does not exist.
+            let handle = try NetworkNamespace.open(netns)
+            handle.fd.close()
+        }
+        let state = NodeConfig.merge(config: config, saved: saved)
+
         let fileLimit = SystemProcess.raiseOpenFilesLimit()
         let pipePages =
             settings.pipePages ?? SystemProcess.readInteger(path: "/proc/sys/fs/pipe-user-pages-soft") ?? 16384
-        let config = settings.relay
+        let relay = settings.relay
         let budget = ResourceBudget(
             fileLimit: fileLimit,
             pipePages: pipePages > 0 ? pipePages : Int.max / 2,
             pageSize: SystemProcess.pageSize,
-            loops: config.loops,
-            requestedConnections: config.maxConnections
+            loops: relay.loops,
+            requestedConnections: relay.maxConnections
         )
         self.budget = budget
         if budget.clamped {
             logger.warning(
-                "--max-connections \(config.maxConnections ?? 0) does not fit the fd budget; using \(budget.maxConnections)"
+                "--max-connections \(relay.maxConnections ?? 0) does not fit the fd budget; using \(budget.maxConnections)"
             )
         }
         logger.info("budget: \(budget)")
 
-        let netns = try settings.netns.map { selector throws in try NetworkNamespace.open(selector) }
-        let perLoopConnections = max(1, (budget.maxConnections + config.loops - 1) / config.loops)
+        // The admin socket first: a loomd that would orphan a live one's socket must stop
+        // before it touches any pod.
+        admin = try AdminServer(path: settings.adminSocket, logger: logger) { [weak self] command in
+            self?.answer(command) ?? "{\"error\":\"shutting down\"}"
+        }
+        let home = try NetworkNamespace.current()
+        let perLoopConnections = max(1, (budget.maxConnections + relay.loops - 1) / relay.loops)
         var started: [RelayLoop] = []
         do {
-            for id in 0..<config.loops {
-                let loop = RelayLoop(
+            for id in 0..<relay.loops {
+                let loop = try RelayLoop(
                     id: id,
-                    config: config,
-                    netns: netns,
+                    config: relay,
+                    homeNetns: home,
                     maxConnections: perLoopConnections,
-                    pipePages: budget.pipePagesPerLoop(loops: config.loops),
+                    pipePages: budget.pipePagesPerLoop(loops: relay.loops),
                     logger: logger
                 )
                 try loop.start()
@@ -87,17 +157,40 @@ public final class Daemon: @unchecked Sendable {
             }
             // Published before the admin thread exists, so it never sees a partial list.
             loops = started
-            admin = try AdminServer(path: settings.adminSocket, logger: logger) { [weak self] command in
-                self?.answer(command) ?? "{\"error\":\"shutting down\"}"
+            let controller = InterceptionController(
+                loops: started,
+                base: settings.intercept,
+                relay: relay,
+                state: state,
+                statePath: statePath,
+                logger: logger
+            )
+            controller.start()
+            self.controller = controller
+            // Pods named on the command line are the point of this loomd: failing them fails it.
+            let named = Set(settings.netns.map(NetworkNamespace.resolvePath))
+            if let failed = controller.podStatuses().first(where: { named.contains($0.netns) && $0.error != nil }) {
+                throw PodError(netns: failed.netns, message: failed.error ?? "")
+            }
+            ticker = try SystemThread.spawn(name: "loom-ticker") { [weak self] in
+                while let self, !self.stopping.load(ordering: .relaxed) {
+                    usleepMilliseconds(1000)
+                    if self.stopping.load(ordering: .relaxed) { break }
+                    self.controller?.tick()
+                }
             }
         } catch {
+            controller?.shutDown()
             for loop in started { loop.stop() }
             loops = []
+            admin?.stop()
             throw error
         }
-        let v6 = config.ipv6 ? " and [::]:\(config.outboundPort)" : ""
+        let pods = controller?.podStatuses() ?? []
+        let intercepted = pods.filter { $0.state == "intercepted" }.count
+        for pod in pods where pod.error != nil { logger.error("pod \(pod.netns): \(pod.error!)") }
         logger.info(
-            "ready: \(config.loops) relay loop(s) listening on 0.0.0.0:\(config.outboundPort)\(v6) in netns \(settings.netns ?? "(node)"); admin socket \(settings.adminSocket)"
+            "ready: \(relay.loops) relay loop(s); \(intercepted) of \(pods.count) pod(s) intercepted (outbound :\(settings.intercept.outboundPort), inbound :\(settings.intercept.inboundPort)); admin socket \(settings.adminSocket)"
         )
     }
 
@@ -111,9 +204,13 @@ public final class Daemon: @unchecked Sendable {
         stop()
     }
 
-    /// Stops accepting, waits for connections to end (up to the drain timeout), stops loops.
+    /// Stops accepting, waits for connections to end (up to the drain timeout), stops
+    /// loops. Pods' rules stay: their fail policy decides what happens while loomd is
+    /// gone, and the next loomd replaces them.
     public func stop() {
         logger.info("stopping: no new connections; draining up to \(settings.drainTimeoutMs) ms")
+        stopping.store(true, ordering: .relaxed)
+        ticker?.join()
         for loop in loops { loop.stopAccepting() }
         let deadline = SystemProcess.nowMilliseconds() + settings.drainTimeoutMs
         while SystemProcess.nowMilliseconds() < deadline && totals().active > 0 {
@@ -121,8 +218,10 @@ public final class Daemon: @unchecked Sendable {
         }
         let left = totals().active
         if left > 0 { logger.warning("drain time over: resetting \(left) connection(s)") }
-        for loop in loops { loop.stop() }
         admin?.stop()
+        controller?.shutDown()
+        for loop in loops { loop.stop() }
+        lockFile?.close()
         logger.info("stopped")
     }
 
@@ -131,20 +230,31 @@ public final class Daemon: @unchecked Sendable {
         loops.map { $0.stats.snapshot() }.reduce(LoopCounters(), +)
     }
 
-    private func answer(_ command: String) -> String {
-        switch command {
-        case "status":
+    private func answer(_ line: String) -> String {
+        var request: AdminRequest
+        if line.hasPrefix("{") {
+            do {
+                request = try JSONDecoder().decode(AdminRequest.self, from: Data(line.utf8))
+            } catch {
+                return AdminReply(error: "malformed request: \(error)").line()
+            }
+        } else if line == "status" {
+            request = AdminRequest(op: .status)
+        } else {
+            return AdminReply(error: "unknown command '\(line)'; try status").line()
+        }
+        guard let controller else { return AdminReply(error: "loomd is starting; try again").line() }
+        if request.op == .status {
             return StatusReport(
-                netns: settings.netns,
                 config: settings.relay,
                 budget: budget,
                 loops: loops.map { $0.stats.snapshot() },
+                pods: controller.podStatuses(),
                 uptimeMs: SystemProcess.nowMilliseconds() - startedAt,
                 pid: Int(SystemProcess.id)
             ).json()
-        default:
-            return "{\"error\":\"unknown command \(jsonEscape(command)); try status\"}"
         }
+        return controller.handle(request).line()
     }
 }
 

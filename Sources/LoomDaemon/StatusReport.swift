@@ -1,28 +1,29 @@
-// The admin API's status answer, rendered as one JSON object by hand (a few numbers;
-// Foundation's encoder would be the only reason to link Foundation into loomd).
+// The admin API's status answer: node counters in a fixed key order, then one row per
+// pod.
+import Foundation
 import LoomRelay
 
 /// What `loomctl status` shows.
 public struct StatusReport: Sendable {
-    public var netns: String?
     public var config: RelayConfiguration
     public var budget: ResourceBudget?
     public var loops: [LoopCounters]
+    public var pods: [PodStatus]
     public var uptimeMs: Int64
     public var pid: Int
 
     public init(
-        netns: String?,
         config: RelayConfiguration,
         budget: ResourceBudget?,
         loops: [LoopCounters],
+        pods: [PodStatus],
         uptimeMs: Int64,
         pid: Int
     ) {
-        self.netns = netns
         self.config = config
         self.budget = budget
         self.loops = loops
+        self.pods = pods
         self.uptimeMs = uptimeMs
         self.pid = pid
     }
@@ -32,7 +33,6 @@ public struct StatusReport: Sendable {
         let t = loops.reduce(LoopCounters(), +)
         var s = "{"
         s += "\"pid\":\(pid),\"uptime_ms\":\(uptimeMs),"
-        s += "\"netns\":\(netns.map { "\"\(jsonEscape($0))\"" } ?? "null"),"
         s += "\"loops\":\(loops.count),"
         s += "\"listen_port\":\(config.outboundPort),\"mark\":\(config.socketMark),"
         s += "\"connections\":{\"active\":\(t.active),\"accepted\":\(t.accepted),\"refused\":\(t.refused),"
@@ -46,7 +46,11 @@ public struct StatusReport: Sendable {
         s += loops.enumerated().map { i, c in
             "{\"loop\":\(i),\"active\":\(c.active),\"accepted\":\(c.accepted),\"pipes_in_use\":\(c.pipesInUse),\"pipes_cached\":\(c.pipesCached)}"
         }.joined(separator: ",")
-        s += "]}"
+        s += "],\"pods\":"
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        s += String(decoding: (try? encoder.encode(pods)) ?? Data("[]".utf8), as: UTF8.self)
+        s += "}"
         return s
     }
 }

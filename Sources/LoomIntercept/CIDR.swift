@@ -14,7 +14,7 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         guard let address = SocketAddress(parsing: String(parts[0]), defaultPort: 0) else {
             throw .invalidCIDR(text, reason: "'\(parts[0])' is not an IPv4 or IPv6 address")
         }
-        let maximum = address.family == SocketAddress.v4(address: 0, port: 0).family ? 32 : 128
+        let maximum = address.bitCount
         var length = maximum
         if parts.count == 2 {
             guard let n = Int(parts[1]), (0...maximum).contains(n) else {
@@ -40,7 +40,32 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
     public var description: String { "\(network.host)/\(length)" }
 }
 
+extension CIDR {
+    /// The mask in network byte order: `length` one bits, then zeros (4 or 16 bytes).
+    var maskBytes: [UInt8] {
+        (0..<network.bitCount / 8).map { index in
+            let bits = min(8, max(0, length - 8 * index))
+            return UInt8(truncatingIfNeeded: 0xff << (8 - bits))
+        }
+    }
+}
+
 extension SocketAddress {
+    /// Address length in bits: 32 or 128.
+    var bitCount: Int {
+        if case .v4 = self { return 32 }
+        return 128
+    }
+
+    /// The address in network byte order (4 or 16 bytes), as packets carry it.
+    var addressBytes: [UInt8] {
+        switch self {
+        case .v4(let a, _): return withUnsafeBytes(of: a.bigEndian, Array.init)
+        case .v6(let hi, let lo, _):
+            return withUnsafeBytes(of: hi.bigEndian, Array.init) + withUnsafeBytes(of: lo.bigEndian, Array.init)
+        }
+    }
+
     /// The address with every bit past `length` cleared.
     func masked(to length: Int) -> SocketAddress {
         switch self {

@@ -1,28 +1,37 @@
-// `nft` text of a rule plan: what `loomctl enable --dry-run` prints and what the golden
-// tests compare. `nft -f` accepts it as is.
+// `nft` text of a rule plan: what `loomctl rules` and `--dry-run` print and what the
+// golden tests compare. It is exactly what `nft list table inet loom` (nft 1.0.6) prints
+// once NetfilterSocket.apply has installed the plan (for fail open, `nft -t`: the live
+// heartbeat element is left out), and `nft -f` accepts it as is.
 
 extension RulePlan {
-    /// The whole table as an `nft -f` script.
+    /// The whole table as an `nft -f` script, in the kernel listing's form.
     public func nftText() -> String {
-        var lines: [String] = ["table \(Self.family) \(Self.table) {"]
+        // nft separates the table's objects (sets, chains) with one blank line.
+        var blocks: [[String]] = []
         if settings.failPolicy == .open {
-            lines += [
+            blocks.append([
                 "\tset \(Self.heartbeatSet) {",
                 "\t\ttype inet_proto",
                 "\t\tflags timeout",
                 "\t}",
-            ]
+            ])
         }
         for chain in chains {
-            lines.append("\tchain \(chain.name) {")
-            lines.append("\t\ttype nat hook \(chain.hook) priority -100; policy accept;")
-            for rule in chain.rules {
-                lines.append("\t\t" + Self.text(rule))
-            }
-            lines.append("\t}")
+            let priority = Self.priorityText(chain.priority, hook: chain.hook)
+            blocks.append(
+                ["\tchain \(chain.name) {", "\t\ttype nat hook \(chain.hook) priority \(priority); policy accept;"]
+                    + chain.rules.map { "\t\t" + Self.text($0) }
+                    + ["\t}"]
+            )
         }
-        lines.append("}")
-        return lines.joined(separator: "\n") + "\n"
+        let body = blocks.map { $0.joined(separator: "\n") }.joined(separator: "\n\n")
+        return "table \(Self.family) \(Self.table) {\n\tcomment \"\(Self.tableComment)\"\n\(body)\n}\n"
+    }
+
+    /// nft lists a standard priority by name where that name applies to the hook:
+    /// `dstnat` (-100) on prerouting; -100 on output stays a number.
+    static func priorityText(_ priority: Int32, hook: String) -> String {
+        hook == "prerouting" && priority == -100 ? "dstnat" : String(priority)
     }
 
     static func text(_ rule: Rule) -> String {
@@ -41,15 +50,15 @@ extension RulePlan {
         case .mark(let mark): return "meta mark \(hex(mark))"
         case .outputLoopback: return "oifname \"lo\""
         case .inputLoopback: return "iifname \"lo\""
-        case .destinationPorts(let ports): return "tcp dport \(set(ports.map(String.init)))"
-        case .destinationPrefixes4(let cidrs): return "ip daddr \(set(cidrs.map(\.description)))"
-        case .destinationPrefixes6(let cidrs): return "ip6 daddr \(set(cidrs.map(\.description)))"
+        case .destinationPorts(let ports):
+            let list = ports.map(String.init)
+            return "tcp dport " + (list.count == 1 ? list[0] : "{ " + list.joined(separator: ", ") + " }")
+        case .destinationPrefix(let cidr):
+            // A host prefix (/32, /128) lists as the bare address.
+            let text = cidr.length == cidr.network.bitCount ? cidr.network.host : cidr.description
+            return (cidr.isIPv4 ? "ip" : "ip6") + " daddr " + text
         case .heartbeatExpired: return "meta l4proto != @\(heartbeatSet)"
         }
-    }
-
-    private static func set(_ items: [String]) -> String {
-        items.count == 1 ? items[0] : "{ " + items.joined(separator: ", ") + " }"
     }
 
     private static func hex(_ value: UInt32) -> String {

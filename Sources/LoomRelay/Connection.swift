@@ -27,6 +27,8 @@ final class Connection {
     var inboundPipe: Pipe?
     var state = ConnectionState(now: 0)
 
+    /// The pod whose listener accepted it (per-pod counters; reset when the pod goes).
+    var pod: PodContext?
     var clientAddress = ClientAddress(.v4(address: 0, port: 0))
     var destination = OriginalDestination(.v4(address: 0, port: 0))
 
@@ -46,6 +48,8 @@ final class Connection {
 /// Decoding of epoll tokens. Bit 31 of the low half marks a listener.
 enum Token {
     static let listenerFlag: UInt64 = 1 << 31
+    /// The loop's control-message bell.
+    static let mailbox: UInt64 = listenerFlag | 0x7fff_ffff
 
     @inline(__always)
     static func listener(_ number: Int) -> UInt64 { listenerFlag | UInt64(number) }

@@ -19,6 +19,8 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
     case idleTimeout
     /// Loom is shutting down and the drain time ran out.
     case shutdown
+    /// The pod's network namespace was deleted.
+    case podGone
     /// An unexpected error on a call.
     case error(call: String, errno: Int32)
 
@@ -32,6 +34,7 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
         case .connectTimeout: return "connect timeout"
         case .idleTimeout: return "idle timeout"
         case .shutdown: return "shutdown"
+        case .podGone: return "pod network namespace deleted"
         case .error(let call, let e): return "\(call) failed (errno \(e))"
         }
     }

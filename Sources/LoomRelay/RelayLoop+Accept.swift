@@ -6,8 +6,7 @@ extension RelayLoop {
     /// Accepts up to a batch of connections from one listener (level-triggered: what is
     /// left wakes the loop again, after other work had its turn).
     func acceptBatch(listener number: Int) {
-        guard number < listeners.count, listenersEnabled else { return }
-        let listener = listeners[number]
+        guard number < listeners.count, listenersEnabled, let listener = listeners[number] else { return }
         for _ in 0..<64 {
             if slots.count - freeSlots.count >= maxConnections {
                 updateAcceptState()
@@ -19,7 +18,8 @@ extension RelayLoop {
                     return
                 case .processed(let (fd, peer)):
                     counters.accepted += 1
-                    open(client: fd, peer: peer, family: listener.family)
+                    listener.pod.stats.accepted.add(1, ordering: .relaxed)
+                    open(client: fd, peer: peer, listener: listener)
                 }
             } catch {
                 handleAcceptError(error)
@@ -65,19 +65,22 @@ extension RelayLoop {
         guard shouldListen != listenersEnabled else { return }
         listenersEnabled = shouldListen
         for (number, listener) in listeners.enumerated() {
+            guard let listener else { continue }
             try? epoll.modify(listener.fd, interest: shouldListen ? [.readable] : [], token: Token.listener(number))
         }
     }
 
     /// Sets up a new connection: original destination, loop check, upstream connect.
-    private func open(client fd: FileDescriptor, peer: SocketAddress?, family: CInt) {
+    private func open(client fd: FileDescriptor, peer: SocketAddress?, listener: PodListener) {
         let clientAddress = ClientAddress(peer ?? .v4(address: 0, port: 0))
+        let pod = listener.pod
         let destination: OriginalDestination
         do {
-            destination = try fd.originalDestination(family: family)
+            destination = try fd.originalDestination(family: listener.family)
         } catch {
             refuse(
                 fd,
+                pod,
                 "connection from \(clientAddress) has no original destination (\(error)); was it redirected by nf_tables? refusing"
             )
             return
@@ -85,17 +88,20 @@ extension RelayLoop {
         // A connection aimed at Loom's own listener would relay to itself forever. Only
         // the listener's port can be that, so other ports skip the getsockname call.
         let target = destination.address
-        if target.port == config.outboundPort
+        if target.port == listener.port
             && (target.isLoopback || target.isUnspecified || target == fd.localAddress())
         {
             refuse(
                 fd,
+                pod,
                 "connection from \(clientAddress) to \(destination) targets Loom's own listener; refusing (no loops)"
             )
             return
         }
 
         let conn = takeSlot()
+        conn.pod = pod
+        pod.stats.active.add(1, ordering: .relaxed)
         conn.client = fd
         conn.clientAddress = clientAddress
         conn.destination = destination
@@ -105,6 +111,12 @@ extension RelayLoop {
             // Pass-through: with no routing configured the upstream is the original
             // destination. Mesh routing (services, endpoints) chooses it later.
             let upstreamAddress = UpstreamAddress(destination.address)
+            // The upstream socket is created in the pod's netns, so the pod's own address
+            // is its source. The thread stays there until another pod needs it.
+            if currentPod != pod.id {
+                try pod.netns.enter()
+                currentPod = pod.id
+            }
             let upstream = try FileDescriptor.tcpSocket(family: upstreamAddress.address.family)
             conn.upstream = upstream
             try upstream.setMark(config.socketMark)
@@ -132,8 +144,9 @@ extension RelayLoop {
         }
     }
 
-    private func refuse(_ fd: FileDescriptor, _ message: @autoclosure () -> String) {
+    private func refuse(_ fd: FileDescriptor, _ pod: PodContext, _ message: @autoclosure () -> String) {
         counters.refused += 1
+        pod.stats.refused.add(1, ordering: .relaxed)
         fd.setResetOnClose()
         fd.close()
         logger.info("\(message())")

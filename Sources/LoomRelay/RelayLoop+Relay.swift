@@ -279,9 +279,12 @@ extension RelayLoop {
             conn.client.setResetOnClose()
             if conn.upstream.rawValue >= 0 { conn.upstream.setResetOnClose() }
             counters.failed += 1
+            conn.pod?.stats.failed.add(1, ordering: .relaxed)
         } else {
             counters.finished += 1
         }
+        conn.pod?.stats.active.subtract(1, ordering: .relaxed)
+        conn.pod = nil
         conn.client.close()
         if conn.upstream.rawValue >= 0 { conn.upstream.close() }
         conn.client = FileDescriptor(rawValue: -1)

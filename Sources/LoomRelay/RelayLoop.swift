@@ -18,7 +18,9 @@ public final class RelayLoop: @unchecked Sendable {
     /// Published counters, readable from any thread.
     public let stats = LoopStats()
     let config: RelayConfiguration
-    let netns: NetworkNamespace?
+    /// The namespace the loop's thread starts in (the node's), to return to when the pod
+    /// it last created a socket in goes away (a thread inside a netns keeps it alive).
+    let homeNetns: NetworkNamespace?
     var logger: Logger
     /// This loop's share of the connection budget.
     let maxConnections: Int
@@ -28,7 +30,15 @@ public final class RelayLoop: @unchecked Sendable {
     private var thread: SystemThread?
 
     var epoll: Epoll!
-    var listeners: [(fd: FileDescriptor, family: CInt)] = []
+    /// Listener table; a closed listener leaves a hole (its token is never reused while
+    /// an event for it could still be pending, as removals happen between batches).
+    var listeners: [PodListener?] = []
+    var freeListenerSlots: [Int] = []
+    /// The pod whose netns this thread is in (-1: the node's).
+    var currentPod = -1
+    /// Control messages from the controller, and the bell that announces them.
+    private let mailbox = Mutex<[LoopCommand]>([])
+    private let bell: EventNotifier
     var slots: [Connection] = []
     var freeSlots: [Int] = []
     /// Connections with work left after their fairness budget ran out.
@@ -57,24 +67,33 @@ public final class RelayLoop: @unchecked Sendable {
     public init(
         id: Int,
         config: RelayConfiguration,
-        netns: NetworkNamespace?,
+        homeNetns: NetworkNamespace?,
         maxConnections: Int,
         pipePages: Int,
         logger: Logger
-    ) {
+    ) throws(SystemError) {
         self.id = id
         self.config = config
-        self.netns = netns
+        self.homeNetns = homeNetns
+        self.bell = try EventNotifier()
         self.maxConnections = maxConnections
         self.pool = PipePool(bulkSize: config.pipeSize, pageLimit: pipePages, pageSize: SystemProcess.pageSize)
         self.logger = logger
         self.logger[metadataKey: "loop"] = "\(id)"
     }
 
-    deinit { scratch.deallocate() }
+    deinit {
+        scratch.deallocate()
+        bell.close()
+    }
 
-    /// Starts the loop's thread: it enters the netns, opens its listeners, and runs.
-    /// Returns once the listeners are open, or throws why they could not be.
+    /// Queues a control message; the loop applies it after its current event batch.
+    public func send(_ command: LoopCommand) {
+        mailbox.withLock { $0.append(command) }
+        bell.signal()
+    }
+
+    /// Starts the loop's thread. It accepts nothing until listeners arrive by `send`.
     public func start() throws {
         let opened = DispatchSemaphore(value: 0)
         let outcome = StartOutcome()
@@ -93,7 +112,10 @@ public final class RelayLoop: @unchecked Sendable {
     }
 
     /// Stops accepting new connections (listeners close); connections in flight go on.
-    public func stopAccepting() { stopAcceptingFlag.store(true, ordering: .relaxed) }
+    public func stopAccepting() {
+        stopAcceptingFlag.store(true, ordering: .relaxed)
+        bell.signal()
+    }
 
     /// Ends the loop: connections still open are reset. Joins the thread.
     public func stop() {
@@ -105,53 +127,11 @@ public final class RelayLoop: @unchecked Sendable {
     // MARK: - Loop thread
 
     private func setUpReportingError() -> RelayError? {
-        if let netns {
-            do {
-                try netns.enter()
-            } catch {
-                return .enterNetns(netns: netns.name, error: error)
-            }
-        }
         do {
             epoll = try Epoll(capacity: 512)
+            try epoll.add(bell.fd, interest: [.readable], token: Token.mailbox)
         } catch {
             return .epoll(error)
-        }
-        var addresses: [SocketAddress] = [.v4(address: 0, port: config.outboundPort)]
-        if config.ipv6 { addresses.append(.v6(hi: 0, lo: 0, port: config.outboundPort)) }
-        if id == 0 {
-            // The first loop makes sure nobody else holds the port before the loops
-            // bind with SO_REUSEPORT (which would let a second loomd share it silently).
-            do {
-                try FileDescriptor.checkPortFree(addresses[0])
-            } catch {
-                return .listen(address: addresses[0], netns: netns?.name, error: error)
-            }
-        }
-        for address in addresses {
-            let isV6 = address.family != addresses[0].family
-            var opened: FileDescriptor?
-            var failure: SystemError?
-            do {
-                let fd = try FileDescriptor.tcpSocket(family: address.family)
-                opened = fd
-                try fd.listen(on: address, reusePort: true, backlog: config.backlog)
-                try epoll.add(fd, interest: [.readable], token: Token.listener(listeners.count))
-            } catch {
-                failure = error
-            }
-            if let failure {
-                opened?.close()
-                let unsupported =
-                    failure.errno == Errno.addressNotAvailable || failure.errno == Errno.familyNotSupported
-                if isV6 && unsupported {
-                    logger.warning("IPv6 is not available in this network namespace; listening on IPv4 only")
-                    continue
-                }
-                closeListeners()
-                return .listen(address: address, netns: netns?.name, error: failure)
-            }
-            listeners.append((opened!, address.family))
         }
         return nil
     }
@@ -160,7 +140,9 @@ public final class RelayLoop: @unchecked Sendable {
         now = SystemProcess.nowMilliseconds()
         var nextSweep = now + 500
         while !stopFlag.load(ordering: .relaxed) {
-            if stopAcceptingFlag.load(ordering: .relaxed) && !listeners.isEmpty { closeListeners() }
+            if stopAcceptingFlag.load(ordering: .relaxed) && listeners.contains(where: { $0 != nil }) {
+                closeListeners()
+            }
             var count: Int
             do {
                 if config.busyPollMicroseconds > 0 && ready.isEmpty {
@@ -182,15 +164,19 @@ public final class RelayLoop: @unchecked Sendable {
                 break
             }
             now = SystemProcess.nowMilliseconds()
+            var mail = false
             for i in 0..<count {
                 let (token, events) = epoll.event(i)
-                if Token.isListener(token) {
+                if token == Token.mailbox {
+                    mail = true
+                } else if Token.isListener(token) {
                     acceptBatch(listener: Int(token & 0xffff))
                 } else {
                     handle(token: token, events: events)
                 }
             }
             runReady()
+            if mail { readMailbox() }
             if now >= nextSweep {
                 sweep()
                 nextSweep = now + 500
@@ -202,14 +188,80 @@ public final class RelayLoop: @unchecked Sendable {
 
     private func shutDown() {
         closeListeners()
+        mailbox.withLock { queue in
+            for case .removePod(_, _, let done?) in queue { done.signal() }
+            for case .addListeners(let added) in queue { for listener in added { listener.fd.close() } }
+            queue.removeAll()
+        }
         for conn in slots where conn.inUse { close(conn, reason: .shutdown) }
         pool.drain()
         publish()
     }
 
     func closeListeners() {
-        for listener in listeners { listener.fd.close() }
+        for case let listener? in listeners { listener.fd.close() }
         listeners.removeAll()
+        freeListenerSlots.removeAll()
+    }
+
+    /// Applies the controller's messages (between event batches, so no event of this
+    /// batch can refer to a listener or connection they remove).
+    private func readMailbox() {
+        bell.drain()
+        let commands = mailbox.withLock { queue in
+            let taken = queue
+            queue.removeAll()
+            return taken
+        }
+        for command in commands {
+            switch command {
+            case .addListeners(let added):
+                for listener in added { addListener(listener) }
+            case .removePod(let pod, let resetConnections, let done):
+                removePod(pod, resetConnections: resetConnections)
+                done?.signal()
+            }
+        }
+    }
+
+    private func addListener(_ listener: PodListener) {
+        if stopAcceptingFlag.load(ordering: .relaxed) {
+            listener.fd.close()
+            return
+        }
+        let slot = freeListenerSlots.popLast() ?? listeners.count
+        if slot == listeners.count { listeners.append(nil) }
+        do {
+            try epoll.add(listener.fd, interest: listenersEnabled ? [.readable] : [], token: Token.listener(slot))
+            listeners[slot] = listener
+        } catch {
+            freeListenerSlots.append(slot)
+            listener.fd.close()
+            logger.error("cannot watch a listener of pod \(listener.pod.name): \(error)")
+        }
+    }
+
+    private func removePod(_ pod: Int, resetConnections: Bool) {
+        for (slot, listener) in listeners.enumerated() where listener?.pod.id == pod {
+            listener?.fd.close()
+            listeners[slot] = nil
+            freeListenerSlots.append(slot)
+        }
+        if resetConnections {
+            for conn in slots where conn.inUse && conn.pod?.id == pod { close(conn, reason: .podGone) }
+        }
+        if currentPod == pod { returnHome() }
+    }
+
+    /// Moves the thread back to the node's netns.
+    func returnHome() {
+        guard let homeNetns else { return }
+        do {
+            try homeNetns.enter()
+            currentPod = -1
+        } catch {
+            logger.error("cannot return to the node's network namespace: \(error)")
+        }
     }
 
     func publish() {
@@ -254,19 +306,11 @@ private final class StartOutcome: Sendable {
 
 /// Errors that stop a relay loop from starting.
 public enum RelayError: Error, CustomStringConvertible, Sendable {
-    case enterNetns(netns: String, error: SystemError)
     case epoll(SystemError)
-    case listen(address: SocketAddress, netns: String?, error: SystemError)
 
     public var description: String {
         switch self {
-        case .enterNetns(let netns, let error):
-            return "cannot enter network namespace \(netns): \(error); loomd needs root (CAP_SYS_ADMIN)"
-        case .epoll(let error):
-            return "cannot create an epoll set: \(error)"
-        case .listen(let address, let netns, let error):
-            let hint = error.errno == Errno.addressInUse ? "; is another loomd (or proxy) already listening there?" : ""
-            return "cannot listen on \(address) in network namespace \(netns ?? "(node)"): \(error)\(hint)"
+        case .epoll(let error): return "cannot create an epoll set: \(error)"
         }
     }
 }

@@ -37,6 +37,28 @@ public struct NetworkNamespace: Sendable, CustomStringConvertible {
         try open("/proc/thread-self/ns/net")
     }
 
+    /// Which namespace this is (nsfs device and inode): equal for every handle on the
+    /// same namespace, whichever name or path opened it.
+    public var identity: FileIdentity? { FileIdentity(fd) }
+
+    /// Whether the file this handle was opened from still names the same namespace. A
+    /// deleted `ip netns` name, an exited PID, or a name reused for a new namespace all
+    /// answer false, although this handle keeps the old namespace alive.
+    public var isStillNamed: Bool {
+        guard let now = FileIdentity(path: path), let mine = identity else { return false }
+        return now == mine
+    }
+
+    /// Runs `body` with the calling thread in this namespace, then moves it back to the
+    /// namespace it was in.
+    public func withEntered<T>(_ body: () throws -> T) throws -> T {
+        let home = try NetworkNamespace.current()
+        defer { home.fd.close() }
+        try enter()
+        defer { try? home.enter() }
+        return try body()
+    }
+
     /// Moves the calling thread (only) into this namespace.
     public func enter() throws(SystemError) {
         _ = try syscall("setns") { cloom_setns_net(fd.rawValue) }
@@ -50,6 +72,12 @@ public struct NetworkNamespaceError: Error, CustomStringConvertible, Sendable {
     public let selector: String
     public let path: String
     public let errno: CInt
+
+    public init(selector: String, path: String, errno: CInt) {
+        self.selector = selector
+        self.path = path
+        self.errno = errno
+    }
 
     public var description: String {
         let hint =

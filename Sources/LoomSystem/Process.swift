@@ -46,6 +46,18 @@ public enum SystemProcess {
 
     /// This process's id.
     public static var id: Int32 { getpid() }
+
+    /// Takes an exclusive lock on `path` (created 0600) for the life of the process, or
+    /// throws EWOULDBLOCK if another process holds it.
+    public static func lockFile(_ path: String) throws(SystemError) -> FileDescriptor {
+        let fd = FileDescriptor(rawValue: try syscall("open") { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) })
+        if flock(fd.rawValue, LOCK_EX | LOCK_NB) != 0 {
+            let error = SystemError("flock", errno: errno)
+            fd.close()
+            throw error
+        }
+        return fd
+    }
 }
 
 extension UInt32 {

@@ -4,7 +4,9 @@ import Foundation
 import LoomDaemon
 
 struct Status: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show loomd's connections, pipes and bytes.")
+    static let configuration = CommandConfiguration(
+        abstract: "Show loomd's pods (interception state, fail policy, rule generation, listeners, connections), connections, pipes and bytes."
+    )
 
     @OptionGroup var admin: AdminOptions
 
@@ -29,9 +31,7 @@ enum StatusText {
         let b = object["bytes"] as? [String: Any] ?? [:]
         func v(_ d: [String: Any], _ k: String) -> String { d[k].map { "\($0)" } ?? "-" }
         var lines: [String] = []
-        lines.append(
-            "loomd pid \(v(object, "pid")), netns \(object["netns"] as? String ?? "(node)"), \(v(object, "loops")) loop(s), port \(v(object, "listen_port"))"
-        )
+        lines.append("loomd pid \(v(object, "pid")), \(v(object, "loops")) loop(s), outbound port \(v(object, "listen_port"))")
         lines.append(
             "connections  active \(v(c, "active"))  accepted \(v(c, "accepted"))  refused \(v(c, "refused"))  finished \(v(c, "finished"))  failed \(v(c, "failed"))  limit \(v(c, "limit"))\((c["accept_paused"] as? Bool) == true ? "  (accept paused)" : "")"
         )
@@ -41,6 +41,25 @@ enum StatusText {
         lines.append(
             "bytes        client->upstream \(v(b, "client_to_upstream"))  upstream->client \(v(b, "upstream_to_client"))"
         )
+        let pods = object["pods"] as? [[String: Any]] ?? []
+        lines.append("")
+        if pods.isEmpty {
+            lines.append("no pods: add them with `loomctl pod add` or `loomctl enable --netns`, or list them in --config")
+        } else {
+            var rows = [["NETNS", "NAMESPACE", "STATE", "FAIL", "GEN", "LISTENERS", "ACTIVE", "ACCEPTED", "REFUSED"]]
+            for pod in pods {
+                rows.append(
+                    ["netns", "namespace", "state", "fail", "generation", "listeners", "active", "accepted", "refused"]
+                        .map { pod[$0].map { "\($0)" } ?? "-" }
+                )
+            }
+            let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+            for row in rows {
+                lines.append(
+                    zip(row, widths).map { $0 + String(repeating: " ", count: $1 - $0.count) }.joined(separator: "  ")
+                )
+            }
+        }
         return lines.joined(separator: "\n")
     }
 }

@@ -5,8 +5,8 @@ import LoomDaemon
 struct Loomctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loomctl",
-        abstract: "Operate Loom: ask the node daemon for its state, print the rules it installs.",
-        subcommands: [Status.self, Rules.self]
+        abstract: "Operate Loom: switch interception on and off, see the node daemon's state.",
+        subcommands: [Status.self, Enable.self, Disable.self, Pod.self, Uninstall.self, Rules.self]
     )
 }
 

@@ -2,30 +2,49 @@
 import ArgumentParser
 import Logging
 import LoomDaemon
+import LoomIntercept
 import LoomRelay
 import LoomSystem
 
 struct Loomd: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loomd",
-        abstract: "Loom node daemon: relays a pod's redirected TCP connections to their original destination.",
+        abstract: "Loom node daemon: intercepts pods' TCP connections and relays them to their destination.",
         discussion: """
-            With no configuration loomd is a transparent pass-through proxy: every connection \
-            redirected to its listener goes to the destination the application asked for.
+            loomd programs one nf_tables table (inet loom) in each intercepted pod's network \
+            namespace and listens there on the capture ports. Pods come from --config, --netns, \
+            or `loomctl pod add` / `loomctl enable`; the embedded default has no pods. With no \
+            routing configured loomd is a transparent pass-through proxy: every redirected \
+            connection goes to the destination the application asked for.
             """
     )
 
     @Option(
         name: .long,
-        help: "Pod network namespace to serve: a name under /var/run/netns, a path, or a PID. Default: loomd's own."
+        help: ArgumentHelp(
+            "Intercept this pod (namespace 'default'): a name under /var/run/netns, a path, or a PID. Repeatable.",
+            valueName: "netns"
+        )
     )
-    var netns: String?
+    var netns: [String] = []
+
+    @Option(name: .long, help: "Configuration file (YAML) listing pods and namespaces. Default: none (no pods).")
+    var config: String?
+
+    @Option(name: .long, help: "Directory for the lock and the interception state kept across restarts.")
+    var stateDir: String = "/run/loom"
 
     @Option(name: .long, help: "Relay loops (threads). Default: one per core.")
     var loops: Int?
 
-    @Option(name: .long, help: "Outbound capture port inside the pod.")
+    @Option(name: .long, help: "Outbound capture port inside each pod.")
     var outboundPort: UInt16 = LoomPorts.outbound
+
+    @Option(name: .long, help: "Inbound capture port inside each pod.")
+    var inboundPort: UInt16 = LoomPorts.inbound
+
+    @Option(name: .long, help: "Seconds a fail-open pod stays intercepted after loomd stops refreshing it.")
+    var heartbeat: Int = 3
 
     @Option(name: .long, help: "SO_MARK set on upstream sockets (decimal or 0x hex); the redirect rules exempt it.")
     var mark: String = "0x" + String(LoomPorts.socketMark, radix: 16)
@@ -82,6 +101,10 @@ struct Loomd: ParsableCommand {
             throw ValidationError("--pipe-pages must be at least 32 (two 64 KiB pipes)")
         }
         if let maxConnections, maxConnections < 1 { throw ValidationError("--max-connections must be at least 1") }
+        if heartbeat < 1 || heartbeat > 60 { throw ValidationError("--heartbeat must be between 1 and 60 seconds") }
+        if outboundPort == inboundPort || outboundPort == 0 || inboundPort == 0 {
+            throw ValidationError("--outbound-port and --inbound-port must be two different ports")
+        }
     }
 
     func run() throws {
@@ -105,8 +128,16 @@ struct Loomd: ParsableCommand {
         )
         let daemon = Daemon(
             settings: DaemonSettings(
-                netns: netns,
                 relay: relay,
+                intercept: InterceptSettings(
+                    outboundPort: outboundPort,
+                    inboundPort: inboundPort,
+                    mark: relay.socketMark,
+                    heartbeatSeconds: heartbeat
+                ),
+                configPath: config,
+                netns: netns,
+                stateDirectory: stateDir,
                 adminSocket: adminSocket,
                 drainTimeoutMs: Int64(drainTimeout * 1000),
                 pipePages: pipePages

@@ -193,8 +193,46 @@ class Topology:
                 timeout=timeout * 2 + 5)
 
     def destroy(self):
-        for ns in self.names:
+        for ns in list(self.names):
             _delete_ns(ns)
+
+    def add_pod(self, name, index, v4=True, v6=True):
+        """Another pod on the router: netns PREFIX+name, 10.89.INDEX.2/24 and
+        fd89:INDEX::2/64 (either may be left out). Returns (netns, v4, v6)."""
+        ns = self.router[:-1] + name
+        if ns in run("ip", "netns", "list").stdout.split():
+            _delete_ns(ns)
+        run("ip", "netns", "add", ns)
+        _live_namespaces.append(ns)
+        self.names.append(ns)
+        ns_exec(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0")
+        run("ip", "-n", ns, "link", "set", "lo", "up")
+        peer = "to%d" % index
+        run("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", peer,
+            "netns", self.router)
+        a4, a6 = "10.89.%d.2" % index, "fd89:%x::2" % index
+        r4, r6 = "10.89.%d.1" % index, "fd89:%x::1" % index
+        if v4:
+            run("ip", "-n", ns, "addr", "add", a4 + "/24", "dev", "eth0")
+            run("ip", "-n", self.router, "addr", "add", r4 + "/24", "dev", peer)
+        if v6:
+            run("ip", "-n", ns, "-6", "addr", "add", a6 + "/64", "dev", "eth0", "nodad")
+            run("ip", "-n", self.router, "-6", "addr", "add", r6 + "/64", "dev", peer, "nodad")
+        else:
+            ns_exec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
+        run("ip", "-n", self.router, "link", "set", peer, "up")
+        if v4:
+            run("ip", "-n", ns, "route", "add", "default", "via", r4)
+        if v6:
+            run("ip", "-n", ns, "-6", "route", "add", "default", "via", r6)
+        return ns, (a4 if v4 else None), (a6 if v6 else None)
+
+    def remove_pod(self, ns):
+        _delete_ns(ns)
+        if ns in self.names:
+            self.names.remove(ns)
 
     def blackhole_drops(self):
         """Packets dropped by R's blackhole rules (proves the drop is real)."""
@@ -435,19 +473,21 @@ def _loomd_preexec():
 class Loomd:
     """One loomd process serving the client pod's namespace."""
 
-    def __init__(self, netns, workdir, args=(), env=None, prefix=()):
+    def __init__(self, netns, workdir, args=(), env=None, prefix=(), state_dir=None):
         self.prefix = list(prefix)   # e.g. ["prlimit", "--nofile=256:256"]
-        self.netns = netns
+        self.netns = netns           # None: no --netns (pods come from loomctl)
         self.args = list(args)
         self.env = env
         self.dir = tempfile.mkdtemp(prefix="loomd-", dir=workdir)
+        self.state_dir = state_dir or self.dir
         self.admin = os.path.join(self.dir, "admin.sock")
         self.errpath = os.path.join(self.dir, "stderr.log")
         self.proc = None
 
     def start(self, ready_timeout=20.0):
-        cmd = self.prefix + [loomd_path(), "--netns", self.netns, "--admin-socket", self.admin,
-               "--log-level", "info"] + self.args
+        pods = ["--netns", self.netns] if self.netns else []
+        cmd = self.prefix + [loomd_path()] + pods + ["--admin-socket", self.admin,
+               "--state-dir", self.state_dir, "--log-level", "info"] + self.args
         self._err = open(self.errpath, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                      stdout=self._err, stderr=self._err,
@@ -484,6 +524,16 @@ class Loomd:
             return ""
         return t if full else t[-6000:]
 
+    def ctl(self, *args, check=True, timeout=30):
+        """Runs `loomctl ARGS --admin-socket ...` against this loomd."""
+        return run(loomctl_path(), *args, "--admin-socket", self.admin, check=check,
+                   timeout=timeout)
+
+    def pods(self):
+        """loomctl status --json's pod rows, by netns path."""
+        out = json.loads(self.ctl("status", "--json").stdout)
+        return {p["netns"]: p for p in out["pods"]}
+
     def status(self, timeout=10):
         p = run(loomctl_path(), "status", "--json", "--admin-socket", self.admin,
                 check=False, timeout=timeout)
@@ -509,6 +559,15 @@ class Loomd:
             time.sleep(0.1)
             st = self.status()
         return st
+
+    def kill(self):
+        """SIGKILL, as a crash would: nothing of loomd's runs after this."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        if self.proc in _live_procs:
+            _live_procs.remove(self.proc)
+        self._err.close()
 
     def stop(self, timeout=10.0):
         """SIGTERM; returns (returncode, seconds taken)."""

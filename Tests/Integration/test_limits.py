@@ -167,7 +167,7 @@ def test_second_loomd_is_refused(loom, topo, workdir, client, echo_server):
     second = harness.Loomd(topo.client, workdir, ["--loops", "1"])
     with pytest.raises(AssertionError) as e:
         second.start(ready_timeout=10)
-    assert "already listening" in str(e.value), str(e.value)
+    assert "holds the port" in str(e.value), str(e.value)
     second.stop()
     third = harness.Loomd(topo.server, workdir, ["--loops", "1"])
     third.admin = loom.admin

@@ -13,11 +13,15 @@ import Testing
         b.active = 1
         b.pipesInUse = 1
         b.bytesInbound = 7
+        let pod = PodStatus(
+            netns: "/var/run/netns/pod\"x", namespace: "shop", serviceAccount: "web", state: "intercepted",
+            fail: "open", generation: 2, listeners: 8, active: 1, accepted: 3, refused: 0, error: nil, changeMs: 1.5
+        )
         let report = StatusReport(
-            netns: "pod\"x",
             config: RelayConfiguration(),
             budget: nil,
             loops: [a, b],
+            pods: [pod],
             uptimeMs: 1,
             pid: 42
         )
@@ -26,7 +30,8 @@ import Testing
         #expect(json.contains("\"accepted\":5"))
         #expect(json.contains("\"in_use\":1"))
         #expect(json.contains("\"client_to_upstream\":100,\"upstream_to_client\":7"))
-        #expect(json.contains("\"netns\":\"pod\\\"x\""))
+        #expect(json.contains("\"netns\":\"/var/run/netns/pod\\\"x\""))
+        #expect(json.contains("\"generation\":2"))
     }
 
     @Test func escapesControlCharacters() {

@@ -54,6 +54,28 @@ func expectGolden(_ text: String, _ name: String, sourceLocation: SourceLocation
         }
     }
 
+    @Test func oneRulePerExcludedPrefixInTheGivenOrder() throws {
+        let cidrs = try ["fd00::/8", "10.96.0.0/12", "fd00::/8", "192.0.2.7"].map { try CIDR(parsing: $0) }
+        let plan = RulePlan(InterceptSettings(excludeCIDRs: cidrs, captureInbound: false))
+        let lines = plan.nftText().split(separator: "\n").filter { $0.contains("excluded CIDR") }
+        #expect(
+            lines == [
+                "\t\tip6 daddr fd00::/8 return comment \"excluded CIDR\"",
+                "\t\tip daddr 10.96.0.0/12 return comment \"excluded CIDR\"",
+                "\t\tip daddr 192.0.2.7 return comment \"excluded CIDR\"",
+            ],
+            "duplicates dropped; a host prefix lists as a bare address, as nft prints it"
+        )
+    }
+
+    @Test func prioritiesPrintAsNftListsThem() {
+        #expect(RulePlan.priorityText(-100, hook: "prerouting") == "dstnat")
+        #expect(RulePlan.priorityText(-100, hook: "output") == "-100")
+        let text = RulePlan(InterceptSettings()).nftText()
+        #expect(text.hasPrefix("table inet loom {\n\tcomment \"managed by loomd\"\n\tchain output {\n"))
+        #expect(text.contains("\t}\n\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat;"))
+    }
+
     @Test func outboundOnlyPlanHasNoPreroutingChain() {
         let plan = RulePlan(InterceptSettings(captureInbound: false))
         #expect(plan.chains.map(\.hook) == ["output"])

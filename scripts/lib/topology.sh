@@ -6,8 +6,6 @@
 #   server pod  ${PFX}s  10.<N>.2.2/24  fd<N>:2::2/64
 #
 # topo_up PFX N     creates it; topo_down PFX removes it (safe to call twice).
-# topo_redirect NS LOOMCTL   installs Loom's rule plan (`loomctl rules`) in a pod with the
-#                   nft CLI, until loomd installs it itself (issue 3).
 
 topo_up() {
     local p=$1 n=$2
@@ -43,10 +41,4 @@ topo_down() {
     for ns in "${p}c" "${p}r" "${p}s"; do
         ip netns del "$ns" 2>/dev/null || true
     done
-}
-
-topo_redirect() {
-    local ns=$1 loomctl=$2
-    # Outbound only: loomd has no inbound (15006) listener yet.
-    "$loomctl" rules --outbound-only | ip netns exec "$ns" nft -f -
 }

@@ -72,6 +72,17 @@ extern const int CLOOM_SOL_SOCKET, CLOOM_SO_REUSEADDR, CLOOM_SO_REUSEPORT, CLOOM
 
 // MARK: - namespaces, limits, clocks
 
+/// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC): a loop's wake-up for control messages.
+int cloom_eventfd(void);
+/// Adds 1 to an eventfd counter (write of a uint64). 0 or -1 with errno.
+int cloom_eventfd_signal(int fd);
+/// Reads and clears an eventfd counter. 0 or -1 with errno (EAGAIN: it was zero).
+int cloom_eventfd_drain(int fd);
+/// Device and inode of a file (stat), to notice a netns file replaced or deleted.
+int cloom_file_identity(const char *path, uint64_t *dev, uint64_t *ino);
+/// Device and inode of an open file (fstat).
+int cloom_fd_identity(int fd, uint64_t *dev, uint64_t *ino);
+
 /// setns(fd, CLONE_NEWNET) for the calling thread only.
 int cloom_setns_net(int fd);
 /// Monotonic coarse clock in milliseconds (cheap: vDSO, no syscall).

@@ -1,0 +1,87 @@
+// The admin socket's messages: one JSON request line in, one JSON line out. `status`
+// alone on a line is still accepted (older loomctl, `nc -U`).
+import Foundation
+import LoomIntercept
+
+/// A request to loomd.
+public struct AdminRequest: Codable, Sendable {
+    public enum Operation: String, Codable, Sendable {
+        case status, enable, disable, podAdd, podRemove, uninstall
+    }
+    public var op: Operation
+    public var selector: Selector?
+    /// Exemptions and fail policy for `enable` (nil: keep the namespace's).
+    public var options: InterceptOptions?
+    /// Print what would be installed; change nothing.
+    public var dryRun: Bool?
+    /// For `podAdd`.
+    public var pod: PodEntry?
+
+    public init(
+        op: Operation,
+        selector: Selector? = nil,
+        options: InterceptOptions? = nil,
+        dryRun: Bool? = nil,
+        pod: PodEntry? = nil
+    ) {
+        self.op = op
+        self.selector = selector
+        self.options = options
+        self.dryRun = dryRun
+        self.pod = pod
+    }
+
+    public func line() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
+    }
+}
+
+/// One pod's row in `loomctl status` and in command answers.
+public struct PodStatus: Codable, Equatable, Sendable {
+    // Built by loomd; decoded by loomctl.
+    public var netns: String
+    public var namespace: String
+    public var serviceAccount: String
+    /// `intercepted`, `off`, `opted-out`, `netns-missing` or `error`.
+    public var state: String
+    public var fail: String?
+    /// Bumped each time loomd replaces the pod's table.
+    public var generation: Int
+    public var listeners: Int
+    public var active: Int
+    public var accepted: Int
+    public var refused: Int
+    /// Why the pod is not in the state asked for.
+    public var error: String?
+    /// Time the last change to this pod took (rules and listeners), milliseconds.
+    public var changeMs: Double?
+}
+
+/// loomd's answer to a command other than `status`.
+public struct AdminReply: Codable, Sendable {
+    public var error: String?
+    public var message: String?
+    public var pods: [PodStatus]?
+    /// `--dry-run`: netns -> the table that would be installed (`nft` text).
+    public var plans: [String: String]?
+    /// Milliseconds the whole command took inside loomd.
+    public var elapsedMs: Double?
+
+    public init(error: String? = nil, message: String? = nil, pods: [PodStatus]? = nil) {
+        self.error = error
+        self.message = message
+        self.pods = pods
+    }
+
+    public func line() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
+    }
+
+    public static func parse(_ line: String) throws -> AdminReply {
+        try JSONDecoder().decode(AdminReply.self, from: Data(line.utf8))
+    }
+}

@@ -1,0 +1,110 @@
+// A pod as the relay loops see it: its netns (where upstream sockets are created), its
+// listeners, and counters the admin API reads per pod.
+import Dispatch
+import LoomSystem
+import Synchronization
+
+/// One intercepted pod, shared by every loop that holds one of its listeners. The netns
+/// handle closes when the last reference goes (the controller's and the loops').
+public final class PodContext: Sendable {
+    /// Stable number for the daemon's lifetime.
+    public let id: Int
+    /// The pod's name for logs (its netns selector).
+    public let name: String
+    public let netns: NetworkNamespace
+    public let stats = PodStats()
+
+    public init(id: Int, name: String, netns: NetworkNamespace) {
+        self.id = id
+        self.name = name
+        self.netns = netns
+    }
+
+    deinit { netns.fd.close() }
+}
+
+/// Per-pod connection counters, updated by the loops when connections open and close
+/// (never per byte).
+public final class PodStats: Sendable {
+    let active = Atomic<Int>(0)
+    let accepted = Atomic<Int>(0)
+    let refused = Atomic<Int>(0)
+    let failed = Atomic<Int>(0)
+
+    public init() {}
+
+    public struct Snapshot: Sendable, Equatable {
+        public var active = 0
+        public var accepted = 0
+        public var refused = 0
+        public var failed = 0
+
+        public init(active: Int = 0, accepted: Int = 0, refused: Int = 0, failed: Int = 0) {
+            self.active = active
+            self.accepted = accepted
+            self.refused = refused
+            self.failed = failed
+        }
+    }
+
+    public func snapshot() -> Snapshot {
+        Snapshot(
+            active: active.load(ordering: .relaxed),
+            accepted: accepted.load(ordering: .relaxed),
+            refused: refused.load(ordering: .relaxed),
+            failed: failed.load(ordering: .relaxed)
+        )
+    }
+}
+
+/// Which capture a listener serves.
+public enum CaptureKind: String, Sendable {
+    /// Connections the pod makes (15001).
+    case outbound
+    /// Connections made to the pod (15006).
+    case inbound
+}
+
+/// A listening socket the controller opened in a pod's netns, handed to one loop.
+public struct PodListener: Sendable {
+    public let fd: FileDescriptor
+    public let family: CInt
+    public let port: UInt16
+    public let kind: CaptureKind
+    public let pod: PodContext
+
+    public init(fd: FileDescriptor, family: CInt, port: UInt16, kind: CaptureKind, pod: PodContext) {
+        self.fd = fd
+        self.family = family
+        self.port = port
+        self.kind = kind
+        self.pod = pod
+    }
+}
+
+/// A control message to a loop, queued by the controller and read by the loop between
+/// event batches.
+public enum LoopCommand: Sendable {
+    /// Start accepting on these listeners.
+    case addListeners([PodListener])
+    /// Close the pod's listeners; with `resetConnections`, also reset its connections (the
+    /// pod is gone). `done` is signalled once the loop holds nothing of the pod's.
+    case removePod(id: Int, resetConnections: Bool, done: CompletionSignal?)
+}
+
+/// Signals from several loops that a controller waits for, with a deadline.
+public final class CompletionSignal: Sendable {
+    private let semaphore = DispatchSemaphore(value: 0)
+    private let expected: Int
+
+    public init(expected: Int) { self.expected = expected }
+
+    public func signal() { semaphore.signal() }
+
+    /// Waits until `expected` signals arrived or `timeoutMs` passed; true if they all did.
+    public func wait(timeoutMs: Int) -> Bool {
+        let deadline = DispatchTime.now() + .milliseconds(timeoutMs)
+        for _ in 0..<expected where semaphore.wait(timeout: deadline) == .timedOut { return false }
+        return true
+    }
+}

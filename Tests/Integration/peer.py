@@ -1,0 +1,68 @@
+"""Tiny TCP tools for interception tests, run inside a pod with `ip netns exec`.
+
+  peer.py serve PORT [PORT...]   answer every connection with "IP PORT\\n" (the
+                                 peer address the server sees), then close
+  peer.py ask HOST PORT [T]      connect, print the server's line; exit 2 if
+                                 refused or reset, 3 on timeout, 4 otherwise
+"""
+
+import selectors
+import socket
+import sys
+
+
+def serve(ports):
+    sel = selectors.DefaultSelector()
+    for port in ports:
+        for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((host, port))
+            s.listen(512)
+            sel.register(s, selectors.EVENT_READ)
+    print("serving", flush=True)
+    while True:
+        for key, _ in sel.select():
+            try:
+                c, peer = key.fileobj.accept()
+                c.sendall(("%s %d\n" % (peer[0], peer[1])).encode())
+                c.close()
+            except OSError:
+                pass
+
+
+def ask(host, port, timeout):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            data += chunk
+        if not data:
+            print("closed without an answer")
+            return 2
+        print(data.decode().strip())
+        return 0
+    except (ConnectionRefusedError, ConnectionResetError) as e:
+        print("refused: %s" % e)
+        return 2
+    except socket.timeout:
+        print("timeout")
+        return 3
+    except OSError as e:
+        print("error: %s" % e)
+        return 4
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve([int(p) for p in sys.argv[2:]])
+    else:
+        sys.exit(ask(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 3.0))
