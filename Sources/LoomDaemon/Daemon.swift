@@ -54,7 +54,8 @@ public struct DaemonLockError: Error, CustomStringConvertible {
     public let error: SystemError
     public var description: String {
         if error.errno == EWOULDBLOCK {
-            return "another loomd is running on this node (it holds \(path)); stop it first, or give this one its own --state-dir and --admin-socket"
+            return
+                "another loomd is running on this node (it holds \(path)); stop it first, or give this one its own --state-dir and --admin-socket"
         }
         return "cannot lock \(path): \(error)"
     }
@@ -103,10 +104,13 @@ public final class Daemon: @unchecked Sendable {
                 }
             }
         }
-        var config = try settings.configPath.map { (path) throws(NodeConfigError) in try NodeConfig.load(path: path) }
+        var config =
+            try settings.configPath.map { (path) throws(NodeConfigError) in try NodeConfig.load(path: path) }
             ?? NodeState()
         for netns in settings.netns {
-            try? config.addPod(PodEntry(netns: netns, namespace: NodeState.defaultNamespace, intercept: true, fromConfig: true))
+            try? config.addPod(
+                PodEntry(netns: netns, namespace: NodeState.defaultNamespace, intercept: true, fromConfig: true)
+            )
         }
         for netns in settings.netns {
             // Fail fast on a pod named on the command line that does not exist.

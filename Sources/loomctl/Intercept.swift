@@ -6,7 +6,7 @@ import LoomDaemon
 import LoomIntercept
 import LoomSystem
 
-/// A failure loomd reported, printed as one line.
+/// A failure (bad input, or loomd's answer), printed as one line without the usage text.
 struct LoomdError: Error, CustomStringConvertible {
     let description: String
 }
@@ -24,10 +24,10 @@ struct SelectorOptions: ParsableArguments {
 
     func selector(command: String) throws -> Selector {
         if namespace == nil && netns == nil {
-            throw ValidationError("\(command) needs --namespace NS or --netns NAME|PATH|PID")
+            throw LoomdError(description: "\(command) needs --namespace NS or --netns NAME|PATH|PID")
         }
         if let namespace, namespace.isEmpty || namespace.contains(where: \.isWhitespace) {
-            throw ValidationError("--namespace: '\(namespace)' is not a namespace name")
+            throw LoomdError(description: "--namespace: '\(namespace)' is not a namespace name")
         }
         return Selector(namespace: namespace, netns: netns)
     }
@@ -43,7 +43,7 @@ struct ExclusionOptions: ParsableArguments {
 
     func options() throws -> InterceptOptions {
         guard let policy = FailPolicy(rawValue: fail) else {
-            throw ValidationError("--fail must be 'closed' or 'open' (got '\(fail)')")
+            throw LoomdError(description: "--fail must be 'closed' or 'open' (got '\(fail)')")
         }
         do {
             return InterceptOptions(
@@ -59,7 +59,7 @@ struct ExclusionOptions: ParsableArguments {
                 fail: policy
             )
         } catch let error as InterceptError {
-            throw ValidationError(error.description)
+            throw LoomdError(description: error.description)
         }
     }
 }

@@ -5,7 +5,8 @@ import LoomDaemon
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show loomd's pods (interception state, fail policy, rule generation, listeners, connections), connections, pipes and bytes."
+        abstract:
+            "Show loomd's pods (interception state, fail policy, rule generation, listeners, connections), connections, pipes and bytes."
     )
 
     @OptionGroup var admin: AdminOptions
@@ -31,7 +32,9 @@ enum StatusText {
         let b = object["bytes"] as? [String: Any] ?? [:]
         func v(_ d: [String: Any], _ k: String) -> String { d[k].map { "\($0)" } ?? "-" }
         var lines: [String] = []
-        lines.append("loomd pid \(v(object, "pid")), \(v(object, "loops")) loop(s), outbound port \(v(object, "listen_port"))")
+        lines.append(
+            "loomd pid \(v(object, "pid")), \(v(object, "loops")) loop(s), outbound port \(v(object, "listen_port"))"
+        )
         lines.append(
             "connections  active \(v(c, "active"))  accepted \(v(c, "accepted"))  refused \(v(c, "refused"))  finished \(v(c, "finished"))  failed \(v(c, "failed"))  limit \(v(c, "limit"))\((c["accept_paused"] as? Bool) == true ? "  (accept paused)" : "")"
         )
@@ -44,7 +47,9 @@ enum StatusText {
         let pods = object["pods"] as? [[String: Any]] ?? []
         lines.append("")
         if pods.isEmpty {
-            lines.append("no pods: add them with `loomctl pod add` or `loomctl enable --netns`, or list them in --config")
+            lines.append(
+                "no pods: add them with `loomctl pod add` or `loomctl enable --netns`, or list them in --config"
+            )
         } else {
             var rows = [["NETNS", "NAMESPACE", "STATE", "FAIL", "GEN", "LISTENERS", "ACTIVE", "ACCEPTED", "REFUSED"]]
             for pod in pods {

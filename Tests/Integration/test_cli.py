@@ -21,6 +21,9 @@ def run(*cmd):
     ("loomctl", ["--help"], "loomctl-help.txt"),
     ("loomctl", ["status", "--help"], "loomctl-status-help.txt"),
     ("loomctl", ["rules", "--help"], "loomctl-rules-help.txt"),
+    ("loomctl", ["enable", "--help"], "loomctl-enable-help.txt"),
+    ("loomctl", ["disable", "--help"], "loomctl-disable-help.txt"),
+    ("loomctl", ["uninstall", "--help"], "loomctl-uninstall-help.txt"),
 ])
 def test_help_text(tool, args, golden):
     binary = harness.loomd_path() if tool == "loomd" else harness.loomctl_path()

@@ -1,8 +1,9 @@
-"""Loom's rule plan against the real kernel: the `nft` text `loomctl rules` prints loads
-as is, lists back as planned (golden), and the fail-open heartbeat works as the kernel
-enforces it: no heartbeat element, connections go direct; a live element, they are
-intercepted; the element expires, they go direct again. loomd does not run this
-heartbeat yet (issue 3); here the test plays its part with the nft CLI."""
+"""`loomctl rules` against the real kernel: the `nft` text it prints (the same text
+`loomctl enable --dry-run` shows) loads with `nft -f` as is, lists back as planned
+(golden), and the fail-open heartbeat works as the kernel enforces it: no heartbeat
+element, connections go direct; a live element, they are intercepted; the element
+expires, they go direct again. Here the test plays loomd's heartbeat part with the nft
+CLI; test_intercept.py shows loomd doing it over netlink (and a SIGKILL ending it)."""
 
 import os
 import time
@@ -42,6 +43,7 @@ def echo_through(loom, client):
 
 
 def test_default_plan_lists_as_planned(topo):
+    load(topo.client)
     expect_golden(listing(topo.client), "default.list")
 
 

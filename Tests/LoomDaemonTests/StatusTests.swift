@@ -14,8 +14,18 @@ import Testing
         b.pipesInUse = 1
         b.bytesInbound = 7
         let pod = PodStatus(
-            netns: "/var/run/netns/pod\"x", namespace: "shop", serviceAccount: "web", state: "intercepted",
-            fail: "open", generation: 2, listeners: 8, active: 1, accepted: 3, refused: 0, error: nil, changeMs: 1.5
+            netns: "/var/run/netns/pod\"x",
+            namespace: "shop",
+            serviceAccount: "web",
+            state: "intercepted",
+            fail: "open",
+            generation: 2,
+            listeners: 8,
+            active: 1,
+            accepted: 3,
+            refused: 0,
+            error: nil,
+            changeMs: 1.5
         )
         let report = StatusReport(
             config: RelayConfiguration(),
