@@ -45,6 +45,9 @@ final class InterceptionController: @unchecked Sendable {
     private let logger: Logger
     private var state: NodeState
     private var runtimes: [String: PodRuntime] = [:]
+    /// Tables applied per pod over loomd's life (kept across disable and enable, so a
+    /// generation number is never reused for a different table).
+    private var generations: [String: Int] = [:]
     private var nextPodID = 1
 
     init(
@@ -159,6 +162,14 @@ final class InterceptionController: @unchecked Sendable {
                 )
                 return AdminReply(error: "\(error)")
             }
+            // The same netns under another name (a PID and a name, say) would get a
+            // second set of listeners on ports the first already holds.
+            let path = NetworkNamespace.resolvePath(netns)
+            if state.pod(path) == nil, let identity = FileIdentity(path: path),
+                let twin = state.pods.first(where: { FileIdentity(path: $0.netns) == identity })
+            {
+                return AdminReply(error: "\(path) is the same network namespace as pod \(twin.netns)")
+            }
         }
         if request.dryRun == true { return dryRun(next, affected) }
         state = next
@@ -266,7 +277,8 @@ final class InterceptionController: @unchecked Sendable {
             if runtime.applied != desired {
                 try runtime.netfilter?.apply(RulePlan(desired))
                 runtime.applied = desired
-                runtime.generation += 1
+                generations[path, default: 0] += 1
+                runtime.generation = generations[path] ?? 1
                 logger.info(
                     "pod \(path): interception on (generation \(runtime.generation), fail \(desired.failPolicy))"
                 )
@@ -404,7 +416,7 @@ final class InterceptionController: @unchecked Sendable {
             serviceAccount: pod.serviceAccount,
             state: stateText,
             fail: runtime?.applied?.failPolicy.rawValue ?? options?.fail,
-            generation: runtime?.generation ?? 0,
+            generation: generations[pod.netns] ?? 0,
             listeners: runtime?.listeners ?? 0,
             active: stats.active,
             accepted: stats.accepted,

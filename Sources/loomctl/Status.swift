@@ -60,9 +60,10 @@ enum StatusText {
             }
             let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
             for row in rows {
-                lines.append(
-                    zip(row, widths).map { $0 + String(repeating: " ", count: $1 - $0.count) }.joined(separator: "  ")
-                )
+                let padded = zip(row, widths).map { $0 + String(repeating: " ", count: $1 - $0.count) }
+                var line = padded.joined(separator: "  ")
+                while line.last == " " { line.removeLast() }
+                lines.append(line)
             }
         }
         return lines.joined(separator: "\n")

@@ -141,7 +141,7 @@ def dry_run(ld, *args):
 
 # --------------------------------------------------------------------- tests
 
-def test_enable_pod_installs_plan_and_relays(node, pod, figure):
+def test_enable_pod_installs_plan_and_relays(node, pod, topo, figure):
     """enable --netns: the kernel's table is the plan (JSON golden, and the text equals
     --dry-run), both capture ports listen in the pod, and a connection from the pod
     reaches the server through Loom with the pod's own address as its source."""
@@ -158,6 +158,21 @@ def test_enable_pod_installs_plan_and_relays(node, pod, figure):
     assert through_loom(node, ns, S_V4) == a4
     assert through_loom(node, ns, S_V6) == a6
     figure("enable one pod (loomd)", "%.2f ms" % row["changeMs"])
+    # Inbound: a connection from S to an app in the pod goes through 15006; the app sees
+    # the pod's own address as its peer (Loom connects from inside the pod).
+    app = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, PEER, "serve", "8080"],
+                           stdout=subprocess.PIPE, text=True)
+    harness._live_procs.append(app)
+    try:
+        assert app.stdout.readline().strip() == "serving"
+        for target, own in ((a4, a4), (a6, a6)):
+            before = accepted(node, ns)
+            code, answer = ask(topo.server, target, 8080)
+            assert code == 0, answer
+            assert answer.split()[0] == own, answer
+            assert accepted(node, ns) == before + 1
+    finally:
+        harness._stop_proc(app)
 
 
 def test_enable_twice_changes_nothing_and_disable_restores(node, pod):
@@ -410,9 +425,51 @@ def test_conflicting_selector_and_second_loomd(node, pod, workdir):
     assert p.returncode != 0 and "conflicting selector" in p.stderr and "'a'" in p.stderr, p.stderr
     assert node.pods()["/var/run/netns/" + ns]["namespace"] == "a"
     assert listing(ns) == ""
+    # The same netns under another name (a PID inside it) is not a second pod.
+    inside = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "30"])
+    harness._live_procs.append(inside)
+    try:
+        time.sleep(0.3)
+        p = node.ctl("enable", "--netns", str(inside.pid), check=False)
+        assert p.returncode != 0 and "same network namespace as pod" in p.stderr, p.stderr
+    finally:
+        harness._stop_proc(inside)
     second = harness.Loomd(None, workdir, ["--loops", "1"], state_dir=node.state_dir)
     with pytest.raises(AssertionError) as e:
         second.start(ready_timeout=10)
     assert "another loomd is running on this node" in str(e.value)
     second.stop()
     node.assert_alive()
+
+
+def test_config_file_lists_pods(workdir, pod):
+    """Pods and namespaces from --config: the enabled namespace's pod is intercepted at
+    start, the opted-out one is not, and a configured pod whose netns appears later is
+    picked up within a couple of seconds."""
+    ns1, _, _ = pod("Pn")
+    ns2, _, _ = pod("Po")
+    later = harness.PREFIX + "Pq"
+    config = os.path.join(workdir, "loom-%s.yaml" % ns1)
+    with open(config, "w") as f:
+        f.write("namespaces:\n  shop: {intercept: true, fail: open, excludeOutboundPorts: [%d]}\n"
+                "pods:\n  - {netns: %s, namespace: shop, serviceAccount: web}\n"
+                "  - {netns: %s, namespace: shop, intercept: false}\n"
+                "  - {netns: %s, namespace: shop}\n" % (EXCLUDED_PORT, ns1, ns2, later))
+    ld = harness.Loomd(None, workdir, ["--loops", "1", "--config", config]).start()
+    try:
+        rows = ld.pods()
+        assert rows["/var/run/netns/" + ns1]["state"] == "intercepted"
+        assert rows["/var/run/netns/" + ns1]["fail"] == "open"
+        assert rows["/var/run/netns/" + ns1]["serviceAccount"] == "web"
+        assert rows["/var/run/netns/" + ns2]["state"] == "opted-out"
+        assert rows["/var/run/netns/" + later]["state"] == "netns-missing"
+        through_loom(ld, ns1, S_V4)
+        direct(ld, ns1, S_V4, EXCLUDED_PORT)
+        assert listing(ns2) == ""
+        pod("Pq")
+        deadline = time.monotonic() + 5
+        while ld.pods()["/var/run/netns/" + later]["state"] != "intercepted":
+            assert time.monotonic() < deadline, ld.pods()
+            time.sleep(0.2)
+    finally:
+        ld.stop()
