@@ -29,15 +29,21 @@ let package = Package(
         // Event loops, connection state machines, splice relay, pipe pool.
         .target(
             name: "LoomRelay",
-            dependencies: ["LoomSystem", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["LoomSystem", "LoomMesh", .product(name: "Logging", package: "swift-log")]
         ),
         // nf_tables rule plans as data, rendered to nft text and to one netlink batch.
         .target(name: "LoomIntercept", dependencies: ["LoomSystem", "CLoomNetfilter"]),
+        // Mesh configuration (YAML), snapshots, routes, load balancing, outlier detection,
+        // first-bytes sniffing. Pure: no sockets.
+        .target(
+            name: "LoomMesh",
+            dependencies: ["LoomSystem", .product(name: "Yams", package: "Yams")]
+        ),
         // Wiring: daemon options, configuration, interception manager, admin socket, signals.
         .target(
             name: "LoomDaemon",
             dependencies: [
-                "LoomRelay", "LoomSystem", "LoomIntercept",
+                "LoomRelay", "LoomSystem", "LoomIntercept", "LoomMesh",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ]
@@ -63,6 +69,7 @@ let package = Package(
         .testTarget(name: "LoomRelayTests", dependencies: ["LoomRelay", "LoomSystem"]),
         .testTarget(name: "LoomSystemTests", dependencies: ["LoomSystem"]),
         .testTarget(name: "LoomDaemonTests", dependencies: ["LoomDaemon", "LoomRelay", "LoomIntercept"]),
+        .testTarget(name: "LoomMeshTests", dependencies: ["LoomMesh", "LoomSystem"]),
         .testTarget(name: "LoomInterceptTests", dependencies: ["LoomIntercept"], exclude: ["golden"]),
     ]
 )
