@@ -61,6 +61,8 @@ let package = Package(
             name: "loomctl",
             dependencies: [
                 "LoomDaemon",
+                "LoomMesh",
+                "LoomRelay",
                 "LoomIntercept",
                 "LoomSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

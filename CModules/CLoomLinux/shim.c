@@ -196,3 +196,11 @@ int cloom_fd_identity(int fd, uint64_t *dev, uint64_t *ino) {
     *ino = (uint64_t)st.st_ino;
     return 0;
 }
+
+int cloom_file_stamp(const char *path, int64_t *mtime_ns, int64_t *size) {
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    *mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    *size = (int64_t)st.st_size;
+    return 0;
+}

@@ -2,11 +2,12 @@
 // alone on a line is still accepted (older loomctl, `nc -U`).
 import Foundation
 import LoomIntercept
+import LoomMesh
 
 /// A request to loomd.
 public struct AdminRequest: Codable, Sendable {
     public enum Operation: String, Codable, Sendable {
-        case status, enable, disable, podAdd, podRemove, uninstall
+        case status, enable, disable, podAdd, podRemove, uninstall, reload, routes, explain
     }
     public var op: Operation
     public var selector: Selector?
@@ -16,6 +17,12 @@ public struct AdminRequest: Codable, Sendable {
     public var dryRun: Bool?
     /// For `podAdd`.
     public var pod: PodEntry?
+    /// For `explain`: the destination (`IP:PORT`) and what the first bytes would say.
+    public var to: String?
+    public var sni: String?
+    public var host: String?
+    public var path: String?
+    public var headers: [String: String]?
 
     public init(
         op: Operation,
@@ -68,6 +75,8 @@ public struct AdminReply: Codable, Sendable {
     public var plans: [String: String]?
     /// Milliseconds the whole command took inside loomd.
     public var elapsedMs: Double?
+    /// `explain`: where a connection would go, and why.
+    public var explanation: Explanation?
 
     public init(error: String? = nil, message: String? = nil, pods: [PodStatus]? = nil) {
         self.error = error

@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import Logging
 import LoomIntercept
+import LoomMesh
 import LoomRelay
 import LoomSystem
 import Synchronization
@@ -73,6 +74,12 @@ public final class Daemon: @unchecked Sendable {
     private var ticker: SystemThread?
     private let stopping = Atomic<Bool>(false)
     private var lockFile: FileDescriptor?
+    /// Mesh snapshots for the loops.
+    public let mesh = MeshPublisher()
+    /// Serialises reloads (signal, admin command, file watcher).
+    private let reloading = Mutex<Void>(())
+    /// The configuration file as last read (a change triggers a reload).
+    private var configStamp: FileStamp?
     private let logger: Logger
     private let startedAt = SystemProcess.nowMilliseconds()
 
@@ -104,9 +111,15 @@ public final class Daemon: @unchecked Sendable {
                 }
             }
         }
-        var config =
-            try settings.configPath.map { (path) throws(NodeConfigError) in try NodeConfig.load(path: path) }
-            ?? NodeState()
+        var config = NodeState()
+        if let path = settings.configPath {
+            let loaded = try NodeConfig.load(path: path)
+            config = loaded.state
+            mesh.publish(loaded.mesh.snapshot)
+            configStamp = FileStamp(path: path)
+            for warning in loaded.mesh.warnings { logger.warning("\(warning)") }
+            logger.info("configuration \(path): \(Self.summary(loaded.mesh.snapshot))")
+        }
         for netns in settings.netns {
             try? config.addPod(
                 PodEntry(netns: netns, namespace: NodeState.defaultNamespace, intercept: true, fromConfig: true)
@@ -152,6 +165,7 @@ public final class Daemon: @unchecked Sendable {
                     id: id,
                     config: relay,
                     homeNetns: home,
+                    mesh: mesh,
                     maxConnections: perLoopConnections,
                     pipePages: budget.pipePagesPerLoop(loops: relay.loops),
                     logger: logger
@@ -181,6 +195,7 @@ public final class Daemon: @unchecked Sendable {
                     usleepMilliseconds(1000)
                     if self.stopping.load(ordering: .relaxed) { break }
                     self.controller?.tick()
+                    self.reloadIfFileChanged()
                 }
             }
         } catch {
@@ -203,7 +218,11 @@ public final class Daemon: @unchecked Sendable {
         while true {
             let signal = SystemProcess.waitForSignal()
             if signal == SystemProcess.sigterm || signal == SystemProcess.sigint { break }
-            logger.info("signal \(signal) ignored (reload arrives with the configuration issue)")
+            if signal == SystemProcess.sighup {
+                _ = reload(trigger: "SIGHUP")
+            } else {
+                logger.info("signal \(signal) ignored")
+            }
         }
         stop()
     }
@@ -248,6 +267,19 @@ public final class Daemon: @unchecked Sendable {
             return AdminReply(error: "unknown command '\(line)'; try status").line()
         }
         guard let controller else { return AdminReply(error: "loomd is starting; try again").line() }
+        switch request.op {
+        case .reload:
+            switch reload(trigger: "loomctl reload") {
+            case .success(let message): return AdminReply(message: message).line()
+            case .failure(let error): return AdminReply(error: error.message).line()
+            }
+        case .routes:
+            return RoutesReport(mesh.runtime).json()
+        case .explain:
+            return explain(request, controller: controller).line()
+        default:
+            break
+        }
         if request.op == .status {
             return StatusReport(
                 config: settings.relay,
@@ -259,6 +291,91 @@ public final class Daemon: @unchecked Sendable {
             ).json()
         }
         return controller.handle(request).line()
+    }
+}
+
+extension Daemon {
+    /// A reload that was refused; the running snapshot stays.
+    struct ReloadError: Error {
+        let message: String
+    }
+
+    /// Reads the configuration file again and publishes its mesh: new connections use
+    /// it, connections in flight keep theirs. An invalid file changes nothing.
+    func reload(trigger: String) -> Result<String, ReloadError> {
+        reloading.withLock { _ in
+            guard let path = settings.configPath else {
+                return .failure(ReloadError(message: "loomd runs without --config; there is nothing to reload"))
+            }
+            let started = SystemProcess.nowMicroseconds()
+            let stamp = FileStamp(path: path)
+            let loaded: (state: NodeState, mesh: MeshConfig)
+            do {
+                loaded = try NodeConfig.load(path: path)
+            } catch {
+                configStamp = stamp
+                logger.error(
+                    "reload (\(trigger)) refused; keeping configuration version \(mesh.runtime.version):\n\(error)"
+                )
+                return .failure(ReloadError(message: "\(error)"))
+            }
+            configStamp = stamp
+            let runtime = mesh.publish(loaded.mesh.snapshot)
+            controller?.configChanged(loaded.state)
+            for warning in loaded.mesh.warnings { logger.warning("\(warning)") }
+            let ms = Double(SystemProcess.nowMicroseconds() - started) / 1000
+            let message =
+                "configuration \(path) version \(runtime.version): \(Self.summary(loaded.mesh.snapshot)); loaded in \(String(format: "%.1f", ms)) ms"
+            logger.info("reload (\(trigger)): \(message)")
+            return .success(message)
+        }
+    }
+
+    /// The ticker's file watch: a rewritten configuration file is reloaded.
+    func reloadIfFileChanged() {
+        guard let path = settings.configPath else { return }
+        let stamp = FileStamp(path: path)
+        guard stamp != nil, stamp != reloading.withLock({ _ in configStamp }) else { return }
+        _ = reload(trigger: "file changed")
+    }
+
+    static func summary(_ snapshot: MeshSnapshot) -> String {
+        let endpoints = snapshot.services.reduce(0) { $0 + $1.endpoints.count }
+        let routes = snapshot.services.reduce(0) { $0 + $1.ports.reduce(0) { $0 + $1.routes.count } }
+        return "\(snapshot.services.count) service(s), \(endpoints) endpoint(s), \(routes) route(s)"
+    }
+
+    private func explain(_ request: AdminRequest, controller: InterceptionController) -> AdminReply {
+        guard let to = request.to, let destination = SocketAddress(parsing: to) else {
+            return AdminReply(error: "--to must be IP:PORT, such as 10.96.0.10:80 or [fd96::10]:443")
+        }
+        var namespace = NodeState.defaultNamespace
+        if let netns = request.selector?.netns {
+            guard let known = controller.namespace(of: netns) else {
+                return AdminReply(error: NodeStateError.unknownPod(NetworkNamespace.resolvePath(netns)).description)
+            }
+            namespace = known
+        }
+        var outcome: SniffOutcome?
+        if let sni = request.sni {
+            outcome = .tls(serverName: sni.lowercased())
+        } else if request.host != nil || request.path != nil || !(request.headers ?? [:]).isEmpty {
+            outcome = .http(
+                HTTPRequestHead(
+                    method: "GET",
+                    path: request.path ?? "/",
+                    host: request.host?.lowercased(),
+                    headers: (request.headers ?? [:]).sorted { $0.key < $1.key }.map { ($0.key.lowercased(), $0.value) }
+                )
+            )
+        }
+        var reply = AdminReply()
+        reply.explanation = mesh.runtime.snapshot.explain(
+            destination: destination,
+            namespace: namespace,
+            outcome: outcome
+        )
+        return reply
     }
 }
 

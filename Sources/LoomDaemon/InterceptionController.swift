@@ -110,6 +110,33 @@ final class InterceptionController: @unchecked Sendable {
         return reply
     }
 
+    /// The mesh namespace of a known pod.
+    func namespace(of netns: String) -> String? {
+        lock.withLock { state.pod(netns)?.namespace }
+    }
+
+    /// A reloaded configuration: pods it lists that loomd does not know yet are added
+    /// (and intercepted if their namespace is); namespaces it switches that loomctl has
+    /// not changed take its setting. Pods and namespaces loomctl changed keep theirs.
+    func configChanged(_ config: NodeState) {
+        lock.withLock {
+            var changed: [String] = []
+            for pod in config.pods where state.pod(pod.netns) == nil {
+                state.pods.append(pod)
+                changed.append(pod.netns)
+            }
+            for (name, policy) in config.namespaces where state.namespaces[name] == nil {
+                state.namespaces[name] = policy
+                changed += state.pods.filter { $0.namespace == name }.map(\.netns)
+            }
+            guard !changed.isEmpty else { return }
+            save()
+            for path in changed {
+                if let error = reconcile(path, cleanOrphan: false) { logger.warning("\(error)") }
+            }
+        }
+    }
+
     /// One row per known pod.
     func podStatuses() -> [PodStatus] {
         lock.withLock { state.pods.map(status) }
@@ -146,6 +173,8 @@ final class InterceptionController: @unchecked Sendable {
                 try next.removePod(selector.netns ?? "")
             case .uninstall:
                 return uninstall()
+            case .reload, .routes, .explain:
+                return AdminReply(error: "\(request.op) is answered by the daemon, not the interception controller")
             }
         } catch {
             return AdminReply(error: "\(error)")
@@ -204,7 +233,7 @@ final class InterceptionController: @unchecked Sendable {
         case .disable: return "interception disabled for \(what) (\(affected.count) pod(s))"
         case .podAdd: return "pod added"
         case .podRemove: return "pod removed"
-        case .status, .uninstall: return ""
+        case .status, .uninstall, .reload, .routes, .explain: return ""
         }
     }
 
@@ -263,7 +292,7 @@ final class InterceptionController: @unchecked Sendable {
         if runtime == nil {
             do {
                 let netns = try NetworkNamespace.open(path)
-                let context = PodContext(id: nextPodID, name: path, netns: netns)
+                let context = PodContext(id: nextPodID, name: path, netns: netns, namespace: pod.namespace)
                 nextPodID += 1
                 runtime = PodRuntime(context: context)
                 runtimes[path] = runtime

@@ -1,75 +1,54 @@
-// loomd's configuration file (YAML): the pods of this node and the namespaces switched
-// on at start. The embedded default is empty: no pods, nothing intercepted.
-//
-//   namespaces:
-//     shop: {intercept: true, fail: open, excludeOutboundPorts: [53]}
-//   pods:
-//     - {netns: web-1, namespace: shop, serviceAccount: web}
-//     - {netns: batch-7, namespace: shop, intercept: false}     # opted out
-import Foundation
+// loomd's configuration file (YAML, parsed strictly by LoomMesh: every error names the
+// file, line, column and field): the pods of this node, the namespaces switched on at
+// start, and the mesh (services, endpoints, routes). The embedded default is empty: no
+// pods, nothing intercepted, no services (pass-through).
 import LoomIntercept
-import Yams
-
-/// The file as written; every field optional.
-struct NodeConfigFile: Decodable {
-    struct Namespace: Decodable {
-        var intercept: Bool?
-        var fail: String?
-        var excludeOutboundPorts: [UInt16]?
-        var excludeInboundPorts: [UInt16]?
-        var excludeCIDRs: [String]?
-    }
-    struct Pod: Decodable {
-        var netns: String
-        var namespace: String?
-        var serviceAccount: String?
-        var intercept: Bool?
-    }
-    var namespaces: [String: Namespace]?
-    var pods: [Pod]?
-}
+import LoomMesh
 
 /// A configuration file that cannot be used, naming the file and what is wrong.
 public struct NodeConfigError: Error, CustomStringConvertible {
     public let path: String
     public let message: String
-    public var description: String { "configuration \(path): \(message)" }
+    public var description: String { message.hasPrefix(path) ? message : "configuration \(path): \(message)" }
 }
 
 public enum NodeConfig {
-    /// Reads a configuration file into the state it asks for.
-    public static func load(path: String) throws(NodeConfigError) -> NodeState {
-        let text: String
+    /// Reads a configuration file: the interception state it asks for, and the mesh.
+    public static func load(path: String) throws(NodeConfigError) -> (state: NodeState, mesh: MeshConfig) {
+        let mesh: MeshConfig
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            mesh = try MeshConfig.load(path: path)
         } catch {
-            throw NodeConfigError(path: path, message: "cannot read it: \(error.localizedDescription)")
+            throw NodeConfigError(path: path, message: error.description)
         }
-        return try parse(text, path: path)
+        return (try state(of: mesh, path: path), mesh)
     }
 
+    /// Parses configuration text (tests, `loomctl config validate`).
     public static func parse(_ text: String, path: String) throws(NodeConfigError) -> NodeState {
-        let file: NodeConfigFile
         do {
-            file = try YAMLDecoder().decode(NodeConfigFile.self, from: text)
+            return try state(of: try MeshConfig.parse(text, file: path), path: path)
+        } catch let error as NodeConfigError {
+            throw error
         } catch {
-            throw NodeConfigError(path: path, message: describe(error))
+            throw NodeConfigError(path: path, message: "\(error)")
         }
+    }
+
+    /// The interception part of a configuration as node state.
+    public static func state(of config: MeshConfig, path: String) throws(NodeConfigError) -> NodeState {
         var state = NodeState()
         do {
-            for (name, ns) in file.namespaces ?? [:] {
+            for (name, ns) in config.namespaces {
                 let options = try InterceptOptions(
-                    excludeOutboundPorts: ns.excludeOutboundPorts ?? [],
-                    excludeInboundPorts: ns.excludeInboundPorts ?? [],
-                    excludeCIDRs: ns.excludeCIDRs ?? [],
-                    fail: FailPolicy(rawValue: ns.fail ?? "closed") ?? .closed
+                    excludeOutboundPorts: ns.excludeOutboundPorts,
+                    excludeInboundPorts: ns.excludeInboundPorts,
+                    excludeCIDRs: ns.excludeCIDRs,
+                    fail: ns.fail.flatMap { FailPolicy(rawValue: $0.rawValue) } ?? .closed
                 ).validated()
-                if let fail = ns.fail, FailPolicy(rawValue: fail) == nil {
-                    throw NodeStateError.invalidFailPolicy(fail)
-                }
                 state.namespaces[name] = NamespacePolicy(intercept: ns.intercept ?? false, options: options)
             }
-            for pod in file.pods ?? [] {
+            for pod in config.pods {
                 try state.addPod(
                     PodEntry(
                         netns: pod.netns,
@@ -102,23 +81,5 @@ public enum NodeConfig {
             }
         }
         return merged
-    }
-
-    private static func describe(_ error: Error) -> String {
-        switch error {
-        case DecodingError.typeMismatch(let type, let context), DecodingError.valueNotFound(let type, let context):
-            return "\(path(context)): expected \(type)"
-        case DecodingError.keyNotFound(let key, let context):
-            return "\(path(context)): missing '\(key.stringValue)'"
-        case DecodingError.dataCorrupted(let context):
-            return "\(path(context)): \(context.debugDescription)"
-        default:
-            return "\(error)"
-        }
-    }
-
-    private static func path(_ context: DecodingError.Context) -> String {
-        let keys = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? "." + $0.stringValue }.joined()
-        return keys.isEmpty ? "top level" : String(keys.drop { $0 == "." })
     }
 }

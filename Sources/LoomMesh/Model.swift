@@ -198,7 +198,7 @@ public struct Service: Sendable, Equatable {
 }
 
 /// What happens to a connection whose destination is no service.
-public enum UnmatchedPolicy: String, Sendable {
+public enum UnmatchedPolicy: String, Sendable, CaseIterable {
     /// Relay it to its original destination (the default: Loom is transparent).
     case passthrough
     /// Refuse it (reset).

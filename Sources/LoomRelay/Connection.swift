@@ -1,6 +1,7 @@
 // A relayed connection's resources: two sockets, up to two pipes, and its state machine.
 // Objects are recycled through the loop's slot table, so accepting a connection
 // allocates nothing once the table has grown.
+import LoomMesh
 import LoomSystem
 
 /// Which socket of a connection an event is for.
@@ -31,6 +32,24 @@ final class Connection {
     var pod: PodContext?
     var clientAddress = ClientAddress(.v4(address: 0, port: 0))
     var destination = OriginalDestination(.v4(address: 0, port: 0))
+    /// Where the current upstream socket connects (the original destination, or an
+    /// endpoint chosen by routing).
+    var upstreamTarget = UpstreamAddress(.v4(address: 0, port: 0))
+
+    // Routing (set when the destination is a service; `runtime` nil: pass-through).
+    /// The mesh snapshot the connection was routed with (kept across reloads).
+    var runtime: MeshRuntime?
+    /// The service port the original destination belongs to.
+    var ref = ServiceRef(service: -1, port: -1)
+    /// The service and port connected to (after routes), and the endpoint.
+    var service = -1
+    var servicePort = -1
+    var endpoint = -1
+    var tried = TriedEndpoints()
+    var retriesLeft = 0
+    var connectTimeoutMs: Int64 = 0
+    /// Counted in the service's active connections (the circuit breaker).
+    var countedInService = false
 
     init(index: Int) { self.index = index }
 

@@ -21,6 +21,12 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
     case shutdown
     /// The pod's network namespace was deleted.
     case podGone
+    /// The destination is no service and the pod's namespace refuses unmatched ones.
+    case unmatchedRefused
+    /// The service's circuit breaker (max connections) is open.
+    case circuitOpen
+    /// The service (or the route's destination) has no endpoint to try.
+    case noEndpoint
     /// An unexpected error on a call.
     case error(call: String, errno: Int32)
 
@@ -35,6 +41,9 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
         case .idleTimeout: return "idle timeout"
         case .shutdown: return "shutdown"
         case .podGone: return "pod network namespace deleted"
+        case .unmatchedRefused: return "refused: no service, and the namespace refuses unmatched destinations"
+        case .circuitOpen: return "refused: circuit breaker open (service at max connections)"
+        case .noEndpoint: return "refused: no endpoint available"
         case .error(let call, let e): return "\(call) failed (errno \(e))"
         }
     }
@@ -52,6 +61,9 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
 /// Connection lifecycle with timeouts (milliseconds on a monotonic clock).
 public struct ConnectionState: Equatable, Sendable {
     public enum Phase: Equatable, Sendable {
+        /// Waiting for the client's first bytes to choose a route (MSG_PEEK: nothing is
+        /// read yet); `since` is when it started.
+        case peeking(since: Int64)
         /// Waiting for the upstream connect; `since` is when it started.
         case connecting(since: Int64)
         /// Both sockets are up; bytes flow.
@@ -71,6 +83,12 @@ public struct ConnectionState: Equatable, Sendable {
         lastActivity = now
     }
 
+    /// The connection waits for its first bytes before routing.
+    public mutating func startPeeking(now: Int64) { phase = .peeking(since: now) }
+
+    /// An upstream connect (the first, or a retry on another endpoint) starts at `now`.
+    public mutating func startConnecting(now: Int64) { phase = .connecting(since: now) }
+
     /// The upstream connect completed.
     public mutating func connected(now: Int64) {
         phase = .relaying
@@ -89,6 +107,8 @@ public struct ConnectionState: Equatable, Sendable {
     /// A timeout that has fired at `now`, if any.
     public func timeoutCheck(now: Int64, connectTimeoutMs: Int64, idleTimeoutMs: Int64) -> CloseReason? {
         switch phase {
+        case .peeking:
+            return nil  // the loop decides when peeking has waited long enough
         case .connecting(let since):
             return now - since >= connectTimeoutMs ? .connectTimeout : nil
         case .relaying:

@@ -40,6 +40,9 @@ public struct FlowState: Equatable, Sendable {
     public private(set) var pipeCapacity = 0
     /// The source may have bytes (or EOF) to read: set by readiness, cleared by EAGAIN.
     public var sourceReadable = false
+    /// The source's peer has shut down its side (EPOLLRDHUP seen): end of stream waits
+    /// behind any bytes, and no new edge will announce it.
+    public var sourceHungUp = false
     /// The sink may accept bytes: set by readiness, cleared by EAGAIN.
     public var sinkWritable = false
     /// The source returned end of stream.
@@ -141,7 +144,8 @@ public struct FlowState: Equatable, Sendable {
         if written < n { sinkWritable = false }
         if n < Self.copyChunk {
             // A short recv took everything the socket had; new bytes bring a new edge.
-            sourceReadable = false
+            // Not so for end of stream already announced with the bytes: read on to it.
+            sourceReadable = sourceHungUp
         } else {
             bulk = true
         }

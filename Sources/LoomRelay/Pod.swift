@@ -12,12 +12,15 @@ public final class PodContext: Sendable {
     /// The pod's name for logs (its netns selector).
     public let name: String
     public let netns: NetworkNamespace
+    /// Mesh namespace (decides what happens to destinations that are no service).
+    public let namespace: String
     public let stats = PodStats()
 
-    public init(id: Int, name: String, netns: NetworkNamespace) {
+    public init(id: Int, name: String, netns: NetworkNamespace, namespace: String = "default") {
         self.id = id
         self.name = name
         self.netns = netns
+        self.namespace = namespace
     }
 
     deinit { netns.fd.close() }

@@ -25,6 +25,10 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// After handling events, keep polling epoll without sleeping for this long
     /// (microseconds; 0: sleep at once).
     public var busyPollMicroseconds: Int64
+    /// How long a connection to a port whose routes read the first bytes waits for them
+    /// before it is routed without them (milliseconds). Server-speaks-first protocols
+    /// belong on `tcp` ports, which never wait.
+    public var peekTimeoutMs: Int64
 
     public init(
         loops: Int = 1,
@@ -36,7 +40,8 @@ public struct RelayConfiguration: Sendable, Equatable {
         maxConnections: Int? = nil,
         backlog: Int32 = 4096,
         ipv6: Bool = true,
-        busyPollMicroseconds: Int64 = 0
+        busyPollMicroseconds: Int64 = 0,
+        peekTimeoutMs: Int64 = 500
     ) {
         self.loops = loops
         self.outboundPort = outboundPort
@@ -48,6 +53,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         self.backlog = backlog
         self.ipv6 = ipv6
         self.busyPollMicroseconds = busyPollMicroseconds
+        self.peekTimeoutMs = peekTimeoutMs
     }
 
 }

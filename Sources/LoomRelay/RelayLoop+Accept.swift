@@ -1,5 +1,6 @@
 // Accepting: read the original destination, refuse loops, connect upstream with the mark.
 import Logging
+import LoomMesh
 import LoomSystem
 
 extension RelayLoop {
@@ -106,30 +107,36 @@ extension RelayLoop {
         conn.clientAddress = clientAddress
         conn.destination = destination
         conn.state = ConnectionState(now: now)
+        conn.connectTimeoutMs = config.connectTimeoutMs
         do {
             try fd.setNoDelay()
-            // Pass-through: with no routing configured the upstream is the original
-            // destination. Mesh routing (services, endpoints) chooses it later.
-            let upstreamAddress = UpstreamAddress(destination.address)
-            // The upstream socket is created in the pod's netns, so the pod's own address
-            // is its source. The thread stays there until another pod needs it.
-            if currentPod != pod.id {
-                try pod.netns.enter()
-                currentPod = pod.id
-            }
-            let upstream = try FileDescriptor.tcpSocket(family: upstreamAddress.address.family)
-            conn.upstream = upstream
-            try upstream.setMark(config.socketMark)
-            try upstream.setNoDelay()
             let interest: EpollEvents = [.readable, .writable, .readHangup, .edgeTriggered]
             try epoll.add(fd, interest: interest, token: conn.token(.client))
-            let immediate = try upstream.connect(to: upstreamAddress.address)
-            try epoll.add(upstream, interest: interest, token: conn.token(.upstream))
-            if case .processed = immediate { conn.state.connected(now: now) }
         } catch {
             close(conn, reason: connectFailure(error))
             return
         }
+        if mesh.version != routing.runtime.version {
+            routing = LoopRouting(runtime: mesh.runtime, seed: UInt64(id + 1) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(now))
+        }
+        guard let ref = routing.snapshot.lookup(destination.address) else {
+            // Not a service: pass through to the original destination, or refuse.
+            if routing.snapshot.unmatchedPolicy(namespace: pod.namespace) == .refuse {
+                close(conn, reason: .unmatchedRefused)
+            } else {
+                connectUpstream(conn, to: UpstreamAddress(destination.address))
+            }
+            return
+        }
+        conn.runtime = routing.runtime
+        conn.ref = ref
+        if routing.snapshot.needsPeek(ref) {
+            conn.state.startPeeking(now: now)
+            peeking += 1
+            // The client's readable edge (now or later) triggers the peek.
+            return
+        }
+        route(conn, outcome: nil)
     }
 
     /// Maps a failed connect to a close reason, logging what to check.

@@ -29,19 +29,26 @@ extension RelayLoop {
             let err = fd.pendingError()
             if err != 0 {
                 if side == .upstream, case .connecting = conn.state.phase {
-                    close(conn, reason: connectFailure(SystemError("connect", errno: err)))
+                    connectFailed(conn, reason: connectFailure(SystemError("connect", errno: err)))
                 } else {
                     close(conn, reason: resetReason(side: side, errno: err, call: "socket"))
                 }
                 return
             }
         }
+        let hungUp = !events.isDisjoint(with: [.readHangup, .hangup])
         switch side {
         case .client:
             if readable { conn.state.outbound.sourceReadable = true }
+            if hungUp { conn.state.outbound.sourceHungUp = true }
             if writable { conn.state.inbound.sinkWritable = true }
+            if case .peeking = conn.state.phase {
+                if readable { peekAndRoute(conn) }
+                return
+            }
         case .upstream:
             if readable { conn.state.inbound.sourceReadable = true }
+            if hungUp { conn.state.inbound.sourceHungUp = true }
             if writable { conn.state.outbound.sinkWritable = true }
             if case .connecting = conn.state.phase {
                 guard writable else { return }
@@ -49,13 +56,13 @@ extension RelayLoop {
                 // EPOLLOUT means it succeeded, so SO_ERROR is read only for a hang-up.
                 if events.contains(.hangup) {
                     let err = conn.upstream.pendingError()
-                    close(
+                    connectFailed(
                         conn,
                         reason: connectFailure(SystemError("connect", errno: err != 0 ? err : Errno.connectionRefused))
                     )
                     return
                 }
-                conn.state.connected(now: now)
+                upstreamConnected(conn)
             }
         }
         drive(conn)
@@ -285,6 +292,19 @@ extension RelayLoop {
         }
         conn.pod?.stats.active.subtract(1, ordering: .relaxed)
         conn.pod = nil
+        if case .peeking = conn.state.phase { peeking -= 1 }
+        if let runtime = conn.runtime {
+            if conn.countedInService { runtime.counters[conn.service].active.subtract(1, ordering: .relaxed) }
+            if case .relaying = conn.state.phase, conn.endpoint >= 0, runtime === routing.runtime {
+                routing.closed(service: conn.service, endpoint: conn.endpoint)
+            }
+        }
+        conn.runtime = nil
+        conn.countedInService = false
+        conn.service = -1
+        conn.servicePort = -1
+        conn.endpoint = -1
+        conn.tried.removeAll()
         conn.client.close()
         if conn.upstream.rawValue >= 0 { conn.upstream.close() }
         conn.client = FileDescriptor(rawValue: -1)

@@ -5,6 +5,7 @@
 // listeners are level-triggered so that pausing and resuming accept is one epoll_ctl.
 import Dispatch
 import Logging
+import LoomMesh
 import LoomSystem
 import Synchronization
 
@@ -18,6 +19,11 @@ public final class RelayLoop: @unchecked Sendable {
     /// Published counters, readable from any thread.
     public let stats = LoopStats()
     let config: RelayConfiguration
+    /// Where mesh snapshots are published; `routing` is this loop's state for the last one.
+    let mesh: MeshPublisher
+    var routing: LoopRouting
+    /// Connections waiting for their first bytes (the sweep runs more often meanwhile).
+    var peeking = 0
     /// The namespace the loop's thread starts in (the node's), to return to when the pod
     /// it last created a socket in goes away (a thread inside a netns keeps it alive).
     let homeNetns: NetworkNamespace?
@@ -68,12 +74,15 @@ public final class RelayLoop: @unchecked Sendable {
         id: Int,
         config: RelayConfiguration,
         homeNetns: NetworkNamespace?,
+        mesh: MeshPublisher = MeshPublisher(),
         maxConnections: Int,
         pipePages: Int,
         logger: Logger
     ) throws(SystemError) {
         self.id = id
         self.config = config
+        self.mesh = mesh
+        self.routing = LoopRouting(runtime: mesh.runtime, seed: UInt64(id + 1) &* 0x9E37_79B9_7F4A_7C15)
         self.homeNetns = homeNetns
         self.bell = try EventNotifier()
         self.maxConnections = maxConnections
@@ -179,7 +188,7 @@ public final class RelayLoop: @unchecked Sendable {
             if mail { readMailbox() }
             if now >= nextSweep {
                 sweep()
-                nextSweep = now + 500
+                nextSweep = now + (peeking > 0 ? 50 : 500)
             }
             publish()
         }
@@ -276,17 +285,27 @@ public final class RelayLoop: @unchecked Sendable {
     /// Periodic work: timeouts, retrying pipe waiters, resuming a paused accept.
     private func sweep() {
         for conn in slots where conn.inUse {
+            if case .peeking(let since) = conn.state.phase {
+                // The client has not said enough within the peek timeout: route without
+                // its bytes (routes that need none, or the service's own endpoints).
+                if now - since >= config.peekTimeoutMs { route(conn, outcome: .opaque) }
+                continue
+            }
             if let reason = conn.state.timeoutCheck(
                 now: now,
-                connectTimeoutMs: config.connectTimeoutMs,
+                connectTimeoutMs: conn.connectTimeoutMs,
                 idleTimeoutMs: config.idleTimeoutMs
             ) {
-                if reason == .connectTimeout && logBudget.allow(now: now) {
-                    logger.info(
-                        "upstream \(conn.destination) did not answer within \(config.connectTimeoutMs) ms; resetting client \(conn.clientAddress)"
-                    )
+                if reason == .connectTimeout {
+                    if logBudget.allow(now: now) {
+                        logger.info(
+                            "upstream \(conn.upstreamTarget) did not answer within \(conn.connectTimeoutMs) ms (client \(conn.clientAddress))"
+                        )
+                    }
+                    connectFailed(conn, reason: reason)
+                } else {
+                    close(conn, reason: reason)
                 }
-                close(conn, reason: reason)
             }
         }
         servePipeWaiters()

@@ -42,3 +42,20 @@ public struct FileIdentity: Hashable, Sendable {
         inode = ino
     }
 }
+
+/// When a file was last written and how big it is: a change means "read it again".
+public struct FileStamp: Hashable, Sendable {
+    public let modifiedNanoseconds: Int64
+    public let size: Int64
+    public let identity: FileIdentity
+
+    /// The stamp of the file at `path`, or nil if it is gone.
+    public init?(path: String) {
+        var mtime: Int64 = 0
+        var size: Int64 = 0
+        guard cloom_file_stamp(path, &mtime, &size) == 0, let identity = FileIdentity(path: path) else { return nil }
+        modifiedNanoseconds = mtime
+        self.size = size
+        self.identity = identity
+    }
+}

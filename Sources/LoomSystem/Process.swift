@@ -26,6 +26,7 @@ public enum SystemProcess {
 
     public static let sigterm = SIGTERM
     public static let sigint = SIGINT
+    public static let sighup = SIGHUP
 
     /// Reads a small integer from a /proc or /sys file, e.g. a sysctl.
     public static func readInteger(path: String) -> Int? {

@@ -119,6 +119,12 @@ extension FileDescriptor {
         try syscallIO("recv") { Glibc.recv(rawValue, buffer, count, 0) }
     }
 
+    /// recv(2) with MSG_PEEK: copies what is queued without consuming it, so the bytes are
+    /// still there for the relay after a routing decision.
+    public func peek(into buffer: UnsafeMutableRawPointer, count: Int) throws(SystemError) -> IOResult<Int> {
+        try syscallIO("recv(MSG_PEEK)") { Glibc.recv(rawValue, buffer, count, Int32(MSG_PEEK)) }
+    }
+
     /// send(2) with MSG_NOSIGNAL (a gone peer is EPIPE, not SIGPIPE): bytes sent, or
     /// `.wouldBlock` when the send buffer is full.
     @inline(__always)

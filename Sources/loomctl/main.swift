@@ -6,7 +6,10 @@ struct Loomctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loomctl",
         abstract: "Operate Loom: switch interception on and off, see the node daemon's state.",
-        subcommands: [Status.self, Enable.self, Disable.self, Pod.self, Uninstall.self, Rules.self]
+        subcommands: [
+            Status.self, Enable.self, Disable.self, Pod.self, Uninstall.self, Routes.self, Explain.self, Reload.self,
+            Config.self, Rules.self,
+        ]
     )
 }
 

@@ -28,7 +28,11 @@ struct Loomd: ParsableCommand {
     )
     var netns: [String] = []
 
-    @Option(name: .long, help: "Configuration file (YAML) listing pods and namespaces. Default: none (no pods).")
+    @Option(
+        name: .long,
+        help:
+            "Configuration file (YAML): pods, namespaces, services and routes. Reloaded on change, SIGHUP or `loomctl reload`. Default: none (no pods, no services)."
+    )
     var config: String?
 
     @Option(name: .long, help: "Directory for the lock and the interception state kept across restarts.")
@@ -64,6 +68,13 @@ struct Loomd: ParsableCommand {
     @Option(name: .long, help: "Pages all pipes together may take (default: fs.pipe-user-pages-soft).")
     var pipePages: Int?
 
+    @Option(
+        name: .long,
+        help:
+            "Seconds a connection to a port with first-bytes routes waits for the client to speak before it is routed without them."
+    )
+    var peekTimeout: Double = 0.5
+
     @Option(name: .long, help: "Microseconds a relay loop keeps polling after work before it sleeps (0: off).")
     var busyPoll: Int64 = 0
 
@@ -90,6 +101,9 @@ struct Loomd: ParsableCommand {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
         if connectTimeout <= 0 { throw ValidationError("--connect-timeout must be positive") }
+        if peekTimeout <= 0 || peekTimeout > 60 {
+            throw ValidationError("--peek-timeout must be between 0 and 60 seconds")
+        }
         if idleTimeout < 0 { throw ValidationError("--idle-timeout must be 0 or positive") }
         if pipeSize < 65536 || pipeSize > 1 << 20 {
             throw ValidationError("--pipe-size must be between 65536 and 1048576 (fs.pipe-max-size)")
@@ -124,7 +138,8 @@ struct Loomd: ParsableCommand {
             pipeSize: pipeSize,
             maxConnections: maxConnections,
             ipv6: !noIpv6,
-            busyPollMicroseconds: busyPoll
+            busyPollMicroseconds: busyPoll,
+            peekTimeoutMs: Int64(peekTimeout * 1000)
         )
         let daemon = Daemon(
             settings: DaemonSettings(

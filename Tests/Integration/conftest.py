@@ -98,3 +98,30 @@ def server(topo, workdir):
     a = harness.Agent(topo.server, workdir, "server")
     yield a
     a.close()
+
+
+_pod_index = [20]
+
+
+@pytest.fixture
+def pod(topo):
+    """Factory for fresh pods on the router (dual-stack unless told); deleted after the
+    test: make(name, v4=True, v6=True) -> (netns, v4 address, v6 address)."""
+    made = []
+
+    def make(name, v4=True, v6=True):
+        _pod_index[0] += 1
+        ns, a4, a6 = topo.add_pod(name, _pod_index[0], v4=v4, v6=v6)
+        made.append(ns)
+        return ns, a4, a6
+    yield make
+    for ns in made:
+        topo.remove_pod(ns)
+
+
+@pytest.fixture
+def node(workdir):
+    """A loomd with no pods of its own (as on a fresh node), 2 loops."""
+    ld = harness.Loomd(None, workdir, ["--loops", "2"]).start()
+    yield ld
+    ld.stop()

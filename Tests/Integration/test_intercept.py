@@ -39,30 +39,9 @@ def peer_server(topo, workdir):
     log.close()
 
 
-_pod_index = [20]
-
-
-@pytest.fixture
-def pod(topo, peer_server):
-    """A fresh dual-stack pod; returns a factory so a test can make several."""
-    made = []
-
-    def make(name, v4=True, v6=True):
-        _pod_index[0] += 1
-        ns, a4, a6 = topo.add_pod(name, _pod_index[0], v4=v4, v6=v6)
-        made.append(ns)
-        return ns, a4, a6
-    yield make
-    for ns in made:
-        topo.remove_pod(ns)
-
-
-@pytest.fixture
-def node(workdir):
-    """A loomd with no pods of its own (as on a fresh node), 2 loops."""
-    ld = harness.Loomd(None, workdir, ["--loops", "2"]).start()
-    yield ld
-    ld.stop()
+@pytest.fixture(autouse=True)
+def _peer_running(peer_server):
+    """Every test here talks to the peer server in S."""
 
 
 def ask(ns, host, port=PORT, timeout=3.0):

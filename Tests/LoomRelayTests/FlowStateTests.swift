@@ -36,6 +36,21 @@ func bulkFlow(capacity: Int) -> FlowState {
         #expect(flow.nextStep() == .releasePipe)
     }
 
+    @Test func aShortCopyAfterAHangUpReadsOnToEndOfStream() {
+        // The peer's last bytes and its FIN came in one readiness event: no new edge
+        // will announce the FIN, so a short recv must not end the reading.
+        var flow = FlowState()
+        flow.sourceReadable = true
+        flow.sourceHungUp = true
+        flow.sinkWritable = true
+        flow.pipeAcquired(capacity: 65536)
+        flow.copied(read: 127, written: 127)
+        #expect(flow.sourceReadable)
+        #expect(flow.nextStep() == .copy(count: FlowState.copyChunk))
+        flow.copied(read: 0, written: 0)
+        #expect(flow.sourceEnded)
+    }
+
     @Test func aCopyTheSinkCannotTakeIsParkedInThePipe() {
         var flow = FlowState()
         flow.sourceReadable = true

@@ -80,6 +80,8 @@ int cloom_eventfd_signal(int fd);
 int cloom_eventfd_drain(int fd);
 /// Device and inode of a file (stat), to notice a netns file replaced or deleted.
 int cloom_file_identity(const char *path, uint64_t *dev, uint64_t *ino);
+/// Modification time (nanoseconds) and size of a file, to notice it was rewritten.
+int cloom_file_stamp(const char *path, int64_t *mtime_ns, int64_t *size);
 /// Device and inode of an open file (fstat).
 int cloom_fd_identity(int fd, uint64_t *dev, uint64_t *ino);
 
