@@ -32,6 +32,8 @@
 //         retries: 1
 //         maxConnections: 1000     # 1 or more; absent: no limit
 //         outlier: {consecutiveFailures: 3, baseEjection: 5s, maxEjection: 5m, maxEjectionPercent: 50}
+//         malformed: passthrough   # passthrough (default) | refuse: peeked first bytes that claim
+//                                  # HTTP/TLS but break the rules or exceed 16 KiB
 //       routes:                    # tried in file order; the first match wins
 //         - name: v2-beta          # default: routes[N]; unique within the service
 //           port: 80               # absent: every port of the match's protocol (sni: tls,
@@ -242,7 +244,7 @@ struct ConfigParser {
     // MARK: Policy
 
     func parsePolicy(_ node: Node, _ path: String, base: ServicePolicy) -> ServicePolicy {
-        let keys = ["loadBalancing", "connectTimeout", "retries", "maxConnections", "outlier"]
+        let keys = ["loadBalancing", "connectTimeout", "retries", "maxConnections", "outlier", "malformed"]
         guard let map = reader.map(node, path, keys: keys) else { return base }
         var policy = base
         if let value: LoadBalancing = reader.choice(map, "loadBalancing", "load balancing") {
@@ -251,6 +253,9 @@ struct ConfigParser {
         if let value = reader.duration(map, "connectTimeout") { policy.connectTimeoutMs = value }
         if let value = reader.int(map, "retries", 0...100) { policy.retries = value }
         if let value = reader.int(map, "maxConnections", 1...Int.max) { policy.maxConnections = value }
+        if let value: MalformedPolicy = reader.choice(map, "malformed", "malformed-request policy") {
+            policy.malformed = value
+        }
         if let outlier = map.value("outlier") {
             policy.outlier = parseOutlier(outlier, map.child("outlier"), base: policy.outlier)
         }

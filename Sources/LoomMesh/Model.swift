@@ -65,6 +65,15 @@ public struct OutlierPolicy: Sendable, Equatable {
     }
 }
 
+/// What happens to a connection whose peeked first bytes claim HTTP or TLS but break
+/// the rules (or exceed the 16 KiB peek).
+public enum MalformedPolicy: String, Sendable, CaseIterable {
+    /// Route it as if nothing had been peeked (the service's own endpoints).
+    case passthrough
+    /// Refuse it (reset).
+    case refuse
+}
+
 /// Per-service knobs.
 public struct ServicePolicy: Sendable, Equatable {
     public var loadBalancing: LoadBalancing
@@ -77,6 +86,8 @@ public struct ServicePolicy: Sendable, Equatable {
     /// connections are refused and counted.
     public var maxConnections: Int?
     public var outlier: OutlierPolicy
+    /// Malformed or oversized first bytes on a peeked port.
+    public var malformed: MalformedPolicy = .passthrough
 
     public init(
         loadBalancing: LoadBalancing = .roundRobin,

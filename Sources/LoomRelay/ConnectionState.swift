@@ -27,6 +27,8 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
     case circuitOpen
     /// The service (or the route's destination) has no endpoint to try.
     case noEndpoint
+    /// The first bytes were malformed HTTP/TLS and the service refuses those.
+    case malformedRequest
     /// An unexpected error on a call.
     case error(call: String, errno: Int32)
 
@@ -44,6 +46,7 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
         case .unmatchedRefused: return "refused: no service, and the namespace refuses unmatched destinations"
         case .circuitOpen: return "refused: circuit breaker open (service at max connections)"
         case .noEndpoint: return "refused: no endpoint available"
+        case .malformedRequest: return "refused: malformed first bytes (service policy)"
         case .error(let call, let e): return "\(call) failed (errno \(e))"
         }
     }

@@ -26,12 +26,17 @@ extension RelayLoop {
         case .needMore:
             return  // more bytes raise a new edge; the sweep ends the wait at the timeout
         case .malformed(let why):
+            let refuse = conn.runtime?.snapshot.services[conn.ref.service].policy.malformed == .refuse
             if logBudget.allow(now: now) {
                 logger.info(
-                    "\(conn.clientAddress) -> \(conn.destination): first bytes are malformed (\(why)); routing without them"
+                    "\(conn.clientAddress) -> \(conn.destination): first bytes are malformed (\(why)); \(refuse ? "refusing" : "routing without them")"
                 )
             }
-            route(conn, outcome: .opaque)
+            if refuse {
+                close(conn, reason: .malformedRequest)
+            } else {
+                route(conn, outcome: .opaque)
+            }
         default:
             route(conn, outcome: outcome)
         }

@@ -24,6 +24,10 @@ def run(*cmd):
     ("loomctl", ["enable", "--help"], "loomctl-enable-help.txt"),
     ("loomctl", ["disable", "--help"], "loomctl-disable-help.txt"),
     ("loomctl", ["uninstall", "--help"], "loomctl-uninstall-help.txt"),
+    ("loomctl", ["routes", "--help"], "loomctl-routes-help.txt"),
+    ("loomctl", ["explain", "--help"], "loomctl-explain-help.txt"),
+    ("loomctl", ["reload", "--help"], "loomctl-reload-help.txt"),
+    ("loomctl", ["config", "validate", "--help"], "loomctl-config-validate-help.txt"),
 ])
 def test_help_text(tool, args, golden):
     binary = harness.loomd_path() if tool == "loomd" else harness.loomctl_path()
@@ -50,6 +54,12 @@ def test_help_text(tool, args, golden):
     ("loomctl", ["rules", "--fail", "sometimes"], "--fail must be 'closed' or 'open'"),
     ("loomctl", ["rules", "--mark", "0xnope"], "--mark must be a 32-bit number"),
     ("loomctl", ["status", "--admin-socket", "/tmp/loom-cli-test-nothing.sock"], "is loomd running"),
+    ("loomctl", ["explain", "--to", "10.96.0.10", "--admin-socket", "/tmp/loom-cli-test-nothing.sock"],
+     "is not IP:PORT"),
+    ("loomctl", ["explain", "--to", "10.96.0.10:80", "--sni", "a", "--host", "b"], "give one kind"),
+    ("loomctl", ["config", "validate", "/nonexistent/loom.yaml"], "cannot read it"),
+    ("loomd", ["--config", "/nonexistent/loom.yaml", "--admin-socket", "/tmp/loom-cli-test.sock",
+               "--state-dir", "/tmp/loom-cli-test-state"], "cannot read it"),
 ])
 def test_bad_input(tool, args, message):
     """One clear line naming the problem, a non-zero exit."""

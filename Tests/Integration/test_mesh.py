@@ -278,6 +278,10 @@ def test_peeking_never_stalls(workdir, pod, backends, figure):
          "ports": [{"port": 80, "protocol": "http", "targetPort": 2525}],
          "endpoints": [{"address": sa}],
          "routes": [{"name": "never", "port": 80, "match": {"pathPrefix": "/never"}, "to": [{"service": "mail"}]}]},
+        {"name": "strict", "namespace": "shop", "vips": ["10.96.0.13"],
+         "ports": [{"port": 80, "protocol": "http", "targetPort": 2525}],
+         "endpoints": [{"address": sa}], "policy": {"malformed": "refuse"},
+         "routes": [{"name": "never", "port": 80, "match": {"pathPrefix": "/never"}, "to": [{"service": "mail"}]}]},
     ])
     ld = mesh_node(workdir, config, [c])
     try:
@@ -297,6 +301,13 @@ def test_peeking_never_stalls(workdir, pod, backends, figure):
                 "print(round(time.time()-t,3), d.decode().split()[0])")
         took, line = p.stdout.split()
         assert line == "banner" and float(took) < 0.3, p.stdout
+        # A malformed HTTP head: passed through by default, refused with `malformed: refuse`.
+        bad = ("import socket;s=socket.create_connection(('%s',80),timeout=5);"
+               "s.sendall(b'GET / HTTP/1.1\\r\\nno colon here\\r\\n\\r\\n')\n"
+               "try: print((s.recv(100).decode().split() or ['closed'])[0])\n"
+               "except ConnectionResetError: print('reset')\n")
+        assert run("ip", "netns", "exec", c, sys.executable, "-c", bad % "10.96.0.12").stdout.strip() == "banner"
+        assert run("ip", "netns", "exec", c, sys.executable, "-c", bad % "10.96.0.13").stdout.strip() == "reset"
     finally:
         ld.stop()
 
