@@ -204,3 +204,7 @@ int cloom_file_stamp(const char *path, int64_t *mtime_ns, int64_t *size) {
     *size = (int64_t)st.st_size;
     return 0;
 }
+
+#include <malloc.h>
+
+int cloom_malloc_trim(void) { return malloc_trim(0); }

@@ -116,6 +116,7 @@ public final class Daemon: @unchecked Sendable {
             let loaded = try NodeConfig.load(path: path)
             config = loaded.state
             mesh.publish(loaded.mesh.snapshot)
+            SystemProcess.releaseFreedMemory()
             configStamp = FileStamp(path: path)
             for warning in loaded.mesh.warnings { logger.warning("\(warning)") }
             logger.info("configuration \(path): \(Self.summary(loaded.mesh.snapshot))")
@@ -321,6 +322,7 @@ extension Daemon {
             }
             configStamp = stamp
             let runtime = mesh.publish(loaded.mesh.snapshot)
+            SystemProcess.releaseFreedMemory()
             controller?.configChanged(loaded.state)
             for warning in loaded.mesh.warnings { logger.warning("\(warning)") }
             let ms = Double(SystemProcess.nowMicroseconds() - started) / 1000

@@ -85,6 +85,10 @@ int cloom_file_stamp(const char *path, int64_t *mtime_ns, int64_t *size);
 /// Device and inode of an open file (fstat).
 int cloom_fd_identity(int fd, uint64_t *dev, uint64_t *ino);
 
+/// malloc_trim(0): returns freed heap memory to the kernel (malloc.h is not in Glibc's
+/// Swift module).
+int cloom_malloc_trim(void);
+
 /// setns(fd, CLONE_NEWNET) for the calling thread only.
 int cloom_setns_net(int fd);
 /// Monotonic coarse clock in milliseconds (cheap: vDSO, no syscall).
