@@ -330,3 +330,39 @@ def test_config_validate_bad_input(workdir, text, needle):
     p = run(harness.loomctl_path(), "config", "validate", path, check=False)
     assert p.returncode != 0, p.stdout
     assert needle in p.stderr, p.stderr
+
+
+def test_circuit_breaker_and_ring_hash(workdir, pod, backends):
+    """maxConnections 2: a third concurrent connection is refused and counted; ring hash
+    sends one client to one endpoint every time."""
+    c, _, _ = pod("Mt")
+    eps = []
+    for i in range(3):
+        ns, a4, _ = pod("Mh%d" % i)
+        backends.start(ns, "banner", 2525, "h%d" % i)
+        eps.append(a4)
+    config = os.path.join(workdir, "mesh-breaker.yaml")
+    write_config(config, [
+        {"name": "small", "namespace": "shop", "vips": [VIP], "ports": [{"port": 25, "targetPort": 2525}],
+         "endpoints": [{"address": eps[0]}], "policy": {"maxConnections": 2}},
+        {"name": "sticky", "namespace": "shop", "vips": ["10.96.0.14"], "ports": [{"port": 25, "targetPort": 2525}],
+         "endpoints": [{"address": a} for a in eps], "policy": {"loadBalancing": "ring-hash"}},
+    ])
+    ld = mesh_node(workdir, config, [c])
+    try:
+        code = ("import socket,time\n"
+                "held=[socket.create_connection(('%s',25),timeout=5) for _ in range(2)]\n"
+                "print([h.recv(100).decode().strip() for h in held])\n"
+                "s=socket.create_connection(('%s',25),timeout=5)\n"
+                "try: print((s.recv(100).decode().split() or ['closed'])[0])\n"
+                "except ConnectionResetError: print('reset')\n") % (VIP, VIP)
+        out = run("ip", "netns", "exec", c, sys.executable, "-c", code).stdout.split("\n")
+        assert out[0] == "['h0', 'h0']" and out[1] == "reset", out
+        small = [s for s in json.loads(ld.ctl("routes", "--json").stdout)["services"] if s["name"] == "small"][0]
+        assert small["rejected"] == 1, small
+        names = set()
+        for _ in range(30):
+            names.add(client(c, "banner", "10.96.0.14", 25)["line"])
+        assert len(names) == 1, names
+    finally:
+        ld.stop()
