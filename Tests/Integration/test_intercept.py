@@ -423,8 +423,8 @@ def test_conflicting_selector_and_second_loomd(node, pod, workdir):
 
 def test_config_file_lists_pods(workdir, pod):
     """Pods and namespaces from --config: the enabled namespace's pod is intercepted at
-    start, the opted-out one is not, and a configured pod whose netns appears later is
-    picked up within a couple of seconds."""
+    start, the opted-out one is not, a configured pod whose netns appears later is
+    picked up within a couple of seconds, and so is a pod added to the file."""
     ns1, _, _ = pod("Pn")
     ns2, _, _ = pod("Po")
     later = harness.PREFIX + "Pq"
@@ -450,5 +450,14 @@ def test_config_file_lists_pods(workdir, pod):
         while ld.pods()["/var/run/netns/" + later]["state"] != "intercepted":
             assert time.monotonic() < deadline, ld.pods()
             time.sleep(0.2)
+        # A pod added to the file while loomd runs is taken in by the file watcher.
+        ns3, _, _ = pod("Pr")
+        with open(config, "a") as f:
+            f.write("  - {netns: %s, namespace: shop}\n" % ns3)
+        deadline = time.monotonic() + 5
+        while ld.pods().get("/var/run/netns/" + ns3, {}).get("state") != "intercepted":
+            assert time.monotonic() < deadline, (ld.pods(), ld.stderr_text())
+            time.sleep(0.2)
+        through_loom(ld, ns3, S_V4)
     finally:
         ld.stop()

@@ -258,6 +258,14 @@ def test_reload_under_load_and_invalid_file(workdir, pod, backends, figure):
         assert client(c, "http", VIP, 80, 5)["counts"] == {"r2": 5}
         # The file watcher refuses it the same way (and logs it) without a command.
         assert "mesh-reload.yaml:5:" in ld.stderr_text()
+        # SIGHUP reloads too: back to r1.
+        write_config(config, services(v1a))
+        os.kill(ld.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "reload (SIGHUP): configuration" not in ld.stderr_text():
+            assert time.monotonic() < deadline, ld.stderr_text()
+            time.sleep(0.1)
+        assert client(c, "http", VIP, 80, 5)["counts"] == {"r1": 5}
     finally:
         ld.stop()
 
@@ -334,7 +342,8 @@ def test_config_validate_bad_input(workdir, text, needle):
 
 def test_circuit_breaker_and_ring_hash(workdir, pod, backends):
     """maxConnections 2: a third concurrent connection is refused and counted; ring hash
-    sends one client to one endpoint every time."""
+    sends one client to one endpoint every time; a namespace with `unmatched: refuse`
+    refuses destinations that are no service (and explain says so)."""
     c, _, _ = pod("Mt")
     eps = []
     for i in range(3):
@@ -347,7 +356,7 @@ def test_circuit_breaker_and_ring_hash(workdir, pod, backends):
          "endpoints": [{"address": eps[0]}], "policy": {"maxConnections": 2}},
         {"name": "sticky", "namespace": "shop", "vips": ["10.96.0.14"], "ports": [{"port": 25, "targetPort": 2525}],
          "endpoints": [{"address": a} for a in eps], "policy": {"loadBalancing": "ring-hash"}},
-    ])
+    ], namespaces={"shop": {"unmatched": "refuse"}})
     ld = mesh_node(workdir, config, [c])
     try:
         code = ("import socket,time\n"
@@ -364,5 +373,12 @@ def test_circuit_breaker_and_ring_hash(workdir, pod, backends):
         for _ in range(30):
             names.add(client(c, "banner", "10.96.0.14", 25)["line"])
         assert len(names) == 1, names
+        # The pod's namespace refuses destinations that are no service.
+        direct = ("import socket\ns=socket.create_connection(('%s',2525),timeout=5)\n"
+                  "try: print((s.recv(100).decode().split() or ['closed'])[0])\n"
+                  "except ConnectionResetError: print('reset')\n") % eps[1]
+        assert run("ip", "netns", "exec", c, sys.executable, "-c", direct).stdout.strip() == "reset"
+        why = ld.ctl("explain", "--netns", c, "--to", "%s:2525" % eps[1]).stdout
+        assert "refused" in why and "unmatched" in why, why
     finally:
         ld.stop()
