@@ -191,6 +191,27 @@ def test_excluded_ports_and_cidrs_go_direct(node, pod):
     through_loom(node, ns, S_V4, PORT)
 
 
+def test_excluded_inbound_port_goes_direct(node, pod, topo):
+    """Inbound: an excluded port reaches the app directly (it sees the client's own
+    address); another port goes through 15006 (the app sees the pod's address)."""
+    ns, a4, _ = pod("Ps")
+    app = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, PEER, "serve", "8080", "8081"],
+                           stdout=subprocess.PIPE, text=True)
+    harness._live_procs.append(app)
+    try:
+        assert app.stdout.readline().strip() == "serving"
+        node.ctl("enable", "--netns", ns, "--exclude-inbound-ports", "8080")
+        before = accepted(node, ns)
+        code, answer = ask(topo.server, a4, 8080)
+        assert code == 0 and answer.split()[0] == S_V4, answer
+        assert accepted(node, ns) == before
+        code, answer = ask(topo.server, a4, 8081)
+        assert code == 0 and answer.split()[0] == a4, answer
+        assert accepted(node, ns) == before + 1
+    finally:
+        harness._stop_proc(app)
+
+
 def test_namespace_enable_applies_to_later_pods_and_opt_out(node, pod):
     ns1, _, _ = pod("Pd")
     node.ctl("pod", "add", "--netns", ns1, "--namespace", "team")

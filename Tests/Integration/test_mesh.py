@@ -274,7 +274,8 @@ def test_peeking_never_stalls(workdir, pod, backends, figure):
     """Server-speaks-first on a `tcp` port: the banner arrives at once (no peek). On an
     `http` port with routes, a client that says nothing is routed after the peek timeout
     (0.5 s), not after 10 s; a client that speaks after 5 s still gets the banner at
-    0.5 s. A first packet that is neither TLS nor HTTP goes to the default endpoints."""
+    0.5 s. A first packet that is neither TLS nor HTTP goes to the default endpoints. A
+    malformed or oversized head is passed through, or refused with `malformed: refuse`."""
     c, _, _ = pod("Mp")
     s, sa, _ = pod("Ms")
     backends.start(s, "banner", 2525, "banner")
@@ -316,6 +317,10 @@ def test_peeking_never_stalls(workdir, pod, backends, figure):
                "except ConnectionResetError: print('reset')\n")
         assert run("ip", "netns", "exec", c, sys.executable, "-c", bad % "10.96.0.12").stdout.strip() == "banner"
         assert run("ip", "netns", "exec", c, sys.executable, "-c", bad % "10.96.0.13").stdout.strip() == "reset"
+        # An oversized head (20 KiB of headers, more than the 16 KiB peek): the same.
+        big = bad.replace("no colon here", "x-pad: " + "a" * 20000)
+        assert run("ip", "netns", "exec", c, sys.executable, "-c", big % "10.96.0.12").stdout.strip() == "banner"
+        assert run("ip", "netns", "exec", c, sys.executable, "-c", big % "10.96.0.13").stdout.strip() == "reset"
     finally:
         ld.stop()
 
