@@ -282,14 +282,19 @@ public final class Daemon: @unchecked Sendable {
             break
         }
         if request.op == .status {
-            return StatusReport(
+            var report = StatusReport(
                 config: settings.relay,
                 budget: budget,
                 loops: loops.map { $0.stats.snapshot() },
                 pods: controller.podStatuses(),
                 uptimeMs: SystemProcess.nowMilliseconds() - startedAt,
                 pid: Int(SystemProcess.id)
-            ).json()
+            )
+            let runtime = mesh.runtime
+            report.meshVersion = runtime.version
+            report.meshSource = runtime.snapshot.source
+            report.meshServices = runtime.snapshot.services.count
+            return report.json()
         }
         return controller.handle(request).line()
     }

@@ -9,6 +9,10 @@ public struct StatusReport: Sendable {
     public var budget: ResourceBudget?
     public var loops: [LoopCounters]
     public var pods: [PodStatus]
+    /// The mesh configuration in use: version (1 = none loaded), source, services.
+    public var meshVersion = 1
+    public var meshSource = ""
+    public var meshServices = 0
     public var uptimeMs: Int64
     public var pid: Int
 
@@ -46,7 +50,9 @@ public struct StatusReport: Sendable {
         s += loops.enumerated().map { i, c in
             "{\"loop\":\(i),\"active\":\(c.active),\"accepted\":\(c.accepted),\"pipes_in_use\":\(c.pipesInUse),\"pipes_cached\":\(c.pipesCached)}"
         }.joined(separator: ",")
-        s += "],\"pods\":"
+        s +=
+            "],\"mesh\":{\"version\":\(meshVersion),\"source\":\"\(jsonEscape(meshSource))\",\"services\":\(meshServices)}"
+        s += ",\"pods\":"
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         s += String(decoding: (try? encoder.encode(pods)) ?? Data("[]".utf8), as: UTF8.self)

@@ -44,6 +44,13 @@ enum StatusText {
         lines.append(
             "bytes        client->upstream \(v(b, "client_to_upstream"))  upstream->client \(v(b, "upstream_to_client"))"
         )
+        if let mesh = object["mesh"] as? [String: Any], let services = mesh["services"] as? Int, services > 0 {
+            lines.append(
+                "mesh         configuration version \(v(mesh, "version")) from \(v(mesh, "source")): \(services) service(s)"
+            )
+        } else {
+            lines.append("mesh         no services configured: every connection passes through to its destination")
+        }
         let pods = object["pods"] as? [[String: Any]] ?? []
         lines.append("")
         if pods.isEmpty {

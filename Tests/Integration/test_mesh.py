@@ -108,6 +108,9 @@ def test_round_robin_and_weighted_split(workdir, pod, backends, figure):
     ])
     ld = mesh_node(workdir, config, [c])
     try:
+        mesh = ld.status()["raw"]["mesh"]
+        assert mesh["services"] == 4 and mesh["source"] == config, mesh
+        assert "4 service(s)" in ld.ctl("status").stdout
         out = client(c, "http", VIP, 80, 3000)
         assert out["error_count"] == 0, out
         counts = out["counts"]

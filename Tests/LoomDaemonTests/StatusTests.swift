@@ -42,6 +42,7 @@ import Testing
         #expect(json.contains("\"client_to_upstream\":100,\"upstream_to_client\":7"))
         #expect(json.contains("\"netns\":\"/var/run/netns/pod\\\"x\""))
         #expect(json.contains("\"generation\":2"))
+        #expect(json.contains("\"mesh\":{\"version\":1,\"source\":\"\",\"services\":0}"))
     }
 
     @Test func escapesControlCharacters() {
