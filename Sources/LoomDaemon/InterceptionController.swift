@@ -399,7 +399,9 @@ final class InterceptionController: @unchecked Sendable {
 
     /// The pod's netns file is gone (or names another namespace now): free everything.
     private func podGone(_ path: String, _ runtime: PodRuntime) {
-        logger.notice("pod \(path): network namespace deleted; releasing its listeners and connections")
+        logger.notice(
+            "pod \(path): network namespace deleted (the file no longer names the namespace loomd holds); releasing its listeners and connections"
+        )
         release(runtime, resetConnections: true)
         runtimes[path] = nil
         if let pod = state.pod(path), !pod.fromConfig {

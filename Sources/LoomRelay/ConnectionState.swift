@@ -42,7 +42,7 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
         case .connectTimeout: return "connect timeout"
         case .idleTimeout: return "idle timeout"
         case .shutdown: return "shutdown"
-        case .podGone: return "pod network namespace deleted"
+        case .podGone: return "pod network namespace deleted (or its process exited)"
         case .unmatchedRefused: return "refused: no service, and the namespace refuses unmatched destinations"
         case .circuitOpen: return "refused: circuit breaker open (service at max connections)"
         case .noEndpoint: return "refused: no endpoint available"

@@ -75,6 +75,24 @@ def mesh_node(workdir, config, pods=(), loops=2):
     return ld
 
 
+# A probe run in a pod: connect (optionally send bytes), print the first word the server
+# says, "closed" on a clean close, or "reset" if the connection is refused or reset at
+# any point (Loom refuses right after accept, so the reset may race the connect).
+PROBE = (
+    "import socket,sys\n"
+    "try:\n"
+    "    s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=5)\n"
+    "    if len(sys.argv)>3: s.sendall(sys.argv[3].encode().decode('unicode_escape').encode('latin-1'))\n"
+    "    print((s.recv(100).decode().split() or ['closed'])[0])\n"
+    "except (ConnectionResetError, ConnectionRefusedError): print('reset')\n"
+)
+
+
+def probe(ns, host, port, send=None):
+    args = [host, str(port)] + ([send] if send is not None else [])
+    return run("ip", "netns", "exec", ns, sys.executable, "-c", PROBE, *args).stdout.strip()
+
+
 def endpoint(addr, port=8080, weight=1):
     return {"address": addr, "port": port, "weight": weight}
 
@@ -314,16 +332,13 @@ def test_peeking_never_stalls(workdir, pod, backends, figure):
         took, line = p.stdout.split()
         assert line == "banner" and float(took) < 0.3, p.stdout
         # A malformed HTTP head: passed through by default, refused with `malformed: refuse`.
-        bad = ("import socket;s=socket.create_connection(('%s',80),timeout=5);"
-               "s.sendall(b'GET / HTTP/1.1\\r\\nno colon here\\r\\n\\r\\n')\n"
-               "try: print((s.recv(100).decode().split() or ['closed'])[0])\n"
-               "except ConnectionResetError: print('reset')\n")
-        assert run("ip", "netns", "exec", c, sys.executable, "-c", bad % "10.96.0.12").stdout.strip() == "banner"
-        assert run("ip", "netns", "exec", c, sys.executable, "-c", bad % "10.96.0.13").stdout.strip() == "reset"
+        bad = "GET / HTTP/1.1\\r\\nno colon here\\r\\n\\r\\n"
+        assert probe(c, "10.96.0.12", 80, bad) == "banner"
+        assert probe(c, "10.96.0.13", 80, bad) == "reset"
         # An oversized head (20 KiB of headers, more than the 16 KiB peek): the same.
-        big = bad.replace("no colon here", "x-pad: " + "a" * 20000)
-        assert run("ip", "netns", "exec", c, sys.executable, "-c", big % "10.96.0.12").stdout.strip() == "banner"
-        assert run("ip", "netns", "exec", c, sys.executable, "-c", big % "10.96.0.13").stdout.strip() == "reset"
+        big = "GET / HTTP/1.1\\r\\nx-pad: " + "a" * 20000 + "\\r\\n\\r\\n"
+        assert probe(c, "10.96.0.12", 80, big) == "banner"
+        assert probe(c, "10.96.0.13", 80, big) == "reset"
     finally:
         ld.stop()
 
@@ -367,14 +382,19 @@ def test_circuit_breaker_and_ring_hash(workdir, pod, backends):
     ], namespaces={"shop": {"unmatched": "refuse"}})
     ld = mesh_node(workdir, config, [c])
     try:
-        code = ("import socket,time\n"
+        code = ("import socket\n"
                 "held=[socket.create_connection(('%s',25),timeout=5) for _ in range(2)]\n"
                 "print([h.recv(100).decode().strip() for h in held])\n"
-                "s=socket.create_connection(('%s',25),timeout=5)\n"
-                "try: print((s.recv(100).decode().split() or ['closed'])[0])\n"
-                "except ConnectionResetError: print('reset')\n") % (VIP, VIP)
-        out = run("ip", "netns", "exec", c, sys.executable, "-c", code).stdout.split("\n")
-        assert out[0] == "['h0', 'h0']" and out[1] == "reset", out
+                "input()\n") % VIP
+        holder = subprocess.Popen(["ip", "netns", "exec", c, sys.executable, "-c", code],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        harness._live_procs.append(holder)
+        try:
+            assert holder.stdout.readline().strip() == "['h0', 'h0']"
+            assert probe(c, VIP, 25) == "reset"
+        finally:
+            holder.communicate("\n", timeout=10)
+            harness._live_procs.remove(holder)
         small = [s for s in json.loads(ld.ctl("routes", "--json").stdout)["services"] if s["name"] == "small"][0]
         assert small["rejected"] == 1, small
         names = set()
@@ -382,10 +402,7 @@ def test_circuit_breaker_and_ring_hash(workdir, pod, backends):
             names.add(client(c, "banner", "10.96.0.14", 25)["line"])
         assert len(names) == 1, names
         # The pod's namespace refuses destinations that are no service.
-        direct = ("import socket\ns=socket.create_connection(('%s',2525),timeout=5)\n"
-                  "try: print((s.recv(100).decode().split() or ['closed'])[0])\n"
-                  "except ConnectionResetError: print('reset')\n") % eps[1]
-        assert run("ip", "netns", "exec", c, sys.executable, "-c", direct).stdout.strip() == "reset"
+        assert probe(c, eps[1], 2525) == "reset"
         why = ld.ctl("explain", "--netns", c, "--to", "%s:2525" % eps[1]).stdout
         assert "refused" in why and "unmatched" in why, why
     finally:
