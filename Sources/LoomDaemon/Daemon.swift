@@ -209,6 +209,9 @@ public final class Daemon: @unchecked Sendable {
         let pods = controller?.podStatuses() ?? []
         let intercepted = pods.filter { $0.state == "intercepted" }.count
         for pod in pods where pod.error != nil { logger.error("pod \(pod.netns): \(pod.error!)") }
+        ServiceNotify.send(
+            "READY=1\nSTATUS=\(intercepted) of \(pods.count) pod(s) intercepted\nMAINPID=\(SystemProcess.id)"
+        )
         logger.info(
             "ready: \(relay.loops) relay loop(s); \(intercepted) of \(pods.count) pod(s) intercepted (outbound :\(settings.intercept.outboundPort), inbound :\(settings.intercept.inboundPort)); admin socket \(settings.adminSocket)"
         )
@@ -233,6 +236,7 @@ public final class Daemon: @unchecked Sendable {
     /// gone, and the next loomd replaces them.
     public func stop() {
         logger.info("stopping: no new connections; draining up to \(settings.drainTimeoutMs) ms")
+        ServiceNotify.send("STOPPING=1")
         stopping.store(true, ordering: .relaxed)
         ticker?.join()
         for loop in loops { loop.stopAccepting() }
