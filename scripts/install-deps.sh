@@ -10,7 +10,7 @@ PACKAGES=(
     # Run: nf_tables CLI (tests and dry runs compare against it), ip, conntrack helpers.
     nftables iproute2 iptables procps
     # Test and benchmark peers.
-    python3 python3-pytest gcc libc6-dev curl nginx haproxy iperf3 wrk sockperf tcpdump
+    python3 python3-pytest python3-yaml gcc libc6-dev curl nginx haproxy iperf3 wrk sockperf tcpdump
 )
 
 missing=()
