@@ -18,7 +18,6 @@ final class PodRuntime {
     /// The settings of the table in the kernel (nil: no table).
     var applied: InterceptSettings?
     var listeners = 0
-    var generation = 0
     var changeMs: Double?
     var error: String?
 
@@ -307,9 +306,8 @@ final class InterceptionController: @unchecked Sendable {
                 try runtime.netfilter?.apply(RulePlan(desired))
                 runtime.applied = desired
                 generations[path, default: 0] += 1
-                runtime.generation = generations[path] ?? 1
                 logger.info(
-                    "pod \(path): interception on (generation \(runtime.generation), fail \(desired.failPolicy))"
+                    "pod \(path): interception on (generation \(generations[path] ?? 1), fail \(desired.failPolicy))"
                 )
             }
             runtime.error = nil

@@ -75,34 +75,19 @@ extension RelayLoop {
         connectToEndpoint(conn)
     }
 
-    /// Picks an endpoint not tried yet and connects to it.
+    /// Picks an endpoint not tried yet and connects to it. After a reload the loop's
+    /// balancers belong to the new snapshot, so a connection still routed by the old one
+    /// (it peeked across the reload) takes that snapshot's first untried endpoint.
     private func connectToEndpoint(_ conn: Connection) {
-        guard let runtime = conn.runtime, runtime === routing.runtime else {
-            // A reload happened mid-connection: fall back to a plain pick on the old
-            // snapshot without per-loop state (rare).
-            pickFromOldSnapshot(conn)
-            return
-        }
-        let hash = Balancer.clientHash(conn.clientAddress.address)
-        guard let endpoint = routing.pickEndpoint(service: conn.service, clientHash: hash, tried: conn.tried, now: now)
-        else {
-            close(conn, reason: .noEndpoint)
-            return
-        }
-        conn.endpoint = endpoint
-        conn.tried.insert(endpoint)
-        connectUpstream(
-            conn,
-            to: UpstreamAddress(
-                runtime.snapshot.address(service: conn.service, port: conn.servicePort, endpoint: endpoint)
-            )
-        )
-    }
-
-    private func pickFromOldSnapshot(_ conn: Connection) {
         guard let runtime = conn.runtime else { return }
-        let endpoints = runtime.snapshot.services[conn.service].endpoints
-        guard let endpoint = endpoints.indices.first(where: { !conn.tried.contains($0) }) else {
+        let picked: Int?
+        if runtime === routing.runtime {
+            let hash = Balancer.clientHash(conn.clientAddress.address)
+            picked = routing.pickEndpoint(service: conn.service, clientHash: hash, tried: conn.tried, now: now)
+        } else {
+            picked = runtime.snapshot.services[conn.service].endpoints.indices.first { !conn.tried.contains($0) }
+        }
+        guard let endpoint = picked else {
             close(conn, reason: .noEndpoint)
             return
         }

@@ -37,9 +37,9 @@ LOOM_MARK = 0x4C4F
 PREFIX = "lt%dx" % (os.getpid() % 10000)
 
 def client_rules(*args):
-    """The client pod's interception rules: Loom's own plan (`loomctl rules`), the
-    same text loomd will install itself once interception lands (issue 3). Outbound
-    only: loomd has no inbound listener (15006) yet."""
+    """Loom's plan for the client pod as `nft` text (`loomctl rules`), loaded with the
+    nft CLI before the first loomd starts and by test_rules.py. Outbound only: nothing
+    connects into the client pod."""
     return run(loomctl_path(), "rules", "--outbound-only", "--outbound-port", str(OUTBOUND_PORT),
                *args).stdout
 
@@ -62,6 +62,16 @@ def run(*cmd, check=True, input=None, timeout=30):
         raise RuntimeError("command failed (%d): %s\n%s%s" % (
             p.returncode, " ".join(cmd), p.stdout, p.stderr))
     return p
+
+
+def expect_golden(text, name):
+    """Compares text with Tests/Integration/golden/NAME (LOOM_UPDATE_GOLDEN=1 rewrites it)."""
+    path = os.path.join(HERE, "golden", name)
+    if os.environ.get("LOOM_UPDATE_GOLDEN") == "1":
+        with open(path, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        assert text == f.read(), "differs from golden/%s (LOOM_UPDATE_GOLDEN=1 rewrites):\n%s" % (name, text)
 
 
 def ns_exec(ns, *cmd, **kw):

@@ -103,15 +103,6 @@ def normalized_json(text):
     return json.dumps(out, indent=1, sort_keys=True) + "\n"
 
 
-def expect_golden(text, name):
-    path = os.path.join(HERE, "golden", name)
-    if os.environ.get("LOOM_UPDATE_GOLDEN") == "1":
-        with open(path, "w") as f:
-            f.write(text)
-    with open(path) as f:
-        assert text == f.read(), "differs from golden/%s (LOOM_UPDATE_GOLDEN=1 rewrites):\n%s" % (name, text)
-
-
 def dry_run(ld, *args):
     out = ld.ctl("enable", *args, "--dry-run").stdout
     return "".join(line + "\n" for line in out.splitlines()
@@ -129,7 +120,7 @@ def test_enable_pod_installs_plan_and_relays(node, pod, topo, figure):
     assert listing(ns) == "", "dry run changed the pod"
     node.ctl("enable", "--netns", ns)
     assert listing(ns) == plan
-    expect_golden(normalized_json(listing(ns, json_format=True)), "enable-default.json")
+    harness.expect_golden(normalized_json(listing(ns, json_format=True)), "enable-default.json")
     assert listening_ports(ns) == [15001, 15006]
     row = node.pods()["/var/run/netns/" + ns]
     assert row["state"] == "intercepted" and row["generation"] == 1 and row["namespace"] == "default"
@@ -349,7 +340,6 @@ def test_enable_100_pods(workdir, topo, figure):
             run("ip", "netns", "add", ns)
             harness._live_namespaces.append(ns)
             run("ip", "-n", ns, "link", "set", "lo", "up")
-        t0 = time.monotonic()
         for ns in names:
             ld.ctl("pod", "add", "--netns", ns, "--namespace", "bulk")
         out = json.loads(ld.ctl("enable", "--namespace", "bulk", "--json").stdout)

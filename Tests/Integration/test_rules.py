@@ -5,24 +5,11 @@ element, connections go direct; a live element, they are intercepted; the elemen
 expires, they go direct again. Here the test plays loomd's heartbeat part with the nft
 CLI; test_intercept.py shows loomd doing it over netlink (and a SIGKILL ending it)."""
 
-import os
 import time
 
 import harness
 from harness import ECHO_PORT, S_V4, ns_exec, run
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def expect_golden(text, name):
-    path = os.path.join(HERE, "golden", name)
-    if os.environ.get("LOOM_UPDATE_GOLDEN") == "1":
-        with open(path, "w") as f:
-            f.write(text)
-    with open(path) as f:
-        golden = f.read()
-    assert text == golden, "nft listing differs from golden/%s (LOOM_UPDATE_GOLDEN=1 rewrites):\n%s" % (
-        name, text)
 
 
 def listing(ns):
@@ -44,7 +31,7 @@ def echo_through(loom, client):
 
 def test_default_plan_lists_as_planned(topo):
     load(topo.client)
-    expect_golden(listing(topo.client), "default.list")
+    harness.expect_golden(listing(topo.client), "default.list")
 
 
 def test_full_plan_loads_as_planned(topo):
@@ -56,7 +43,7 @@ def test_full_plan_loads_as_planned(topo):
         text = run(harness.loomctl_path(), "rules", "--fail", "open", "--exclude-inbound-ports", "9090,22",
                    "--exclude-outbound-ports", "53", "--exclude-cidrs", "10.96.0.0/12,fd00::/8").stdout
         ns_exec(topo.client, "nft", "-f", "-", input=text)
-        expect_golden(listing(topo.client), "full-open.list")
+        harness.expect_golden(listing(topo.client), "full-open.list")
     finally:
         load(topo.client)
 
@@ -65,7 +52,7 @@ def test_fail_open_heartbeat(loom, topo, client, echo_server):
     try:
         load(topo.client, "--fail", "open", "--exclude-cidrs", "192.0.2.0/24,2001:db8::/32",
              "--exclude-outbound-ports", "9,13")
-        expect_golden(listing(topo.client), "open.list")
+        harness.expect_golden(listing(topo.client), "open.list")
         assert echo_through(loom, client) == 0, "no heartbeat: the connection must go direct"
         ns_exec(topo.client, "nft", "add", "element", "inet", "loom", "heartbeat",
                 "{ tcp timeout 3s }")
