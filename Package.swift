@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
     ],
     targets: [
         // Only what Swift cannot call directly: _GNU_SOURCE calls, packed epoll_event,
@@ -22,7 +23,7 @@ let package = Package(
         .target(
             name: "CLoomNetfilter",
             path: "CModules/CLoomNetfilter",
-            linkerSettings: [.linkedLibrary("nftnl"), .linkedLibrary("mnl")]
+            linkerSettings: [.linkedLibrary("nftnl"), .linkedLibrary("mnl"), .linkedLibrary("netfilter_queue")]
         ),
         // The only Swift target that calls Glibc/C: fds, errno, one syscall helper.
         .target(name: "LoomSystem", dependencies: ["CLoomLinux"]),
@@ -39,13 +40,24 @@ let package = Package(
             name: "LoomMesh",
             dependencies: ["LoomSystem", .product(name: "Yams", package: "Yams")]
         ),
+        // Trace hub (kernel verdicts joined to relay events), access log, Prometheus text.
+        .target(
+            name: "LoomTrace",
+            dependencies: [
+                "LoomRelay", "LoomSystem", "LoomIntercept", "LoomMesh",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Wiring: daemon options, configuration, interception manager, admin socket, signals.
         .target(
             name: "LoomDaemon",
             dependencies: [
-                "LoomRelay", "LoomSystem", "LoomIntercept", "LoomMesh",
+                "LoomRelay", "LoomSystem", "LoomIntercept", "LoomMesh", "LoomTrace",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .executableTarget(
@@ -72,6 +84,7 @@ let package = Package(
         .testTarget(name: "LoomSystemTests", dependencies: ["LoomSystem"]),
         .testTarget(name: "LoomDaemonTests", dependencies: ["LoomDaemon", "LoomRelay", "LoomIntercept"]),
         .testTarget(name: "LoomMeshTests", dependencies: ["LoomMesh", "LoomSystem"]),
+        .testTarget(name: "LoomTraceTests", dependencies: ["LoomTrace", "LoomRelay", "LoomSystem"]),
         .testTarget(name: "LoomInterceptTests", dependencies: ["LoomIntercept"], exclude: ["golden"]),
     ]
 )

@@ -10,7 +10,7 @@ PACKAGES=(
     # Run: nf_tables CLI (tests and dry runs compare against it), ip, conntrack helpers.
     nftables iproute2 iptables procps
     # Test and benchmark peers.
-    python3 python3-pytest python3-yaml gcc libc6-dev curl nginx haproxy iperf3 wrk sockperf tcpdump
+    python3 python3-pytest python3-yaml python3-prometheus-client tmux gcc libc6-dev curl nginx haproxy iperf3 wrk sockperf tcpdump
 )
 
 missing=()
@@ -36,6 +36,10 @@ fi
 # pytest for the integration tier: the Debian package, or pip where python3 is not Debian's.
 if ! python3 -c 'import pytest' 2>/dev/null; then
     python3 -m pip install -q pytest
+fi
+# The metrics tests parse the exposition with Prometheus' own client library.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    python3 -m pip install -q prometheus-client
 fi
 
 if ! command -v swift >/dev/null && [[ ! -x /opt/swift/usr/bin/swift ]]; then

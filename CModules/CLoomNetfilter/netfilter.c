@@ -13,6 +13,7 @@
 #include <linux/netfilter/nf_nat.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/xt_NFQUEUE.h>
 #include <linux/netlink.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,9 @@ _Static_assert(
         && CLOOM_NFT_SET_TIMEOUT == NFT_SET_TIMEOUT,
     "set flags");
 _Static_assert(CLOOM_NFT_RETURN == NFT_RETURN, "verdicts");
+_Static_assert(
+    CLOOM_NFT_QUEUE_FLAG_BYPASS == NFT_QUEUE_FLAG_BYPASS && CLOOM_NFT_QUEUE_FLAG_BYPASS == NFQ_FLAG_BYPASS,
+    "queue flags");
 
 // ---- socket ----
 
@@ -461,6 +465,46 @@ int cloom_nft_expr_redir(cloom_nft_rule *rule, uint32_t proto_min_reg) {
         nftnl_expr_set_u32(e, NFTNL_EXPR_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
     }
     return append(rule, e, 0);
+}
+
+int cloom_nft_expr_queue(cloom_nft_rule *rule, uint16_t num, uint16_t flags) {
+    struct nftnl_expr *e = nftnl_expr_alloc("queue");
+    if (e != NULL) {
+        // As nft builds `queue flags bypass to N`: one queue (total 1), flags only if any.
+        nftnl_expr_set_u16(e, NFTNL_EXPR_QUEUE_NUM, num);
+        nftnl_expr_set_u16(e, NFTNL_EXPR_QUEUE_TOTAL, 1);
+        if (flags != 0) nftnl_expr_set_u16(e, NFTNL_EXPR_QUEUE_FLAGS, flags);
+    }
+    return append(rule, e, 0);
+}
+
+// Revision 3 of xt_NFQUEUE takes struct xt_NFQ_info_v3; nft_compat wants its size
+// rounded up as xtables rounds it (XT_ALIGN: 8 bytes).
+#define XT_NFQ_INFO_SIZE ((sizeof(struct xt_NFQ_info_v3) + 7) & ~(size_t)7)
+
+int cloom_nft_expr_xt_queue(cloom_nft_rule *rule, uint16_t num, uint16_t flags) {
+    struct nftnl_expr *e = nftnl_expr_alloc("target");
+    // libnftnl keeps (and later frees) the info pointer itself, so it must be heap memory.
+    struct xt_NFQ_info_v3 *info = calloc(1, XT_NFQ_INFO_SIZE);
+    int failed = info == NULL;
+    if (e != NULL && info != NULL) {
+        info->queuenum = num;
+        info->queues_total = 1;
+        info->flags = flags;
+        failed = nftnl_expr_set_str(e, NFTNL_EXPR_TG_NAME, "NFQUEUE") < 0;
+        nftnl_expr_set_u32(e, NFTNL_EXPR_TG_REV, 3);
+        if (!failed) {
+            failed = nftnl_expr_set_data(e, NFTNL_EXPR_TG_INFO, info, XT_NFQ_INFO_SIZE) < 0;
+            if (!failed) info = NULL;  // owned by the expression now
+        }
+    }
+    free(info);
+    return append(rule, e, failed);
+}
+
+int cloom_nft_rule_describe(const cloom_nft_rule *rule, char *buf, size_t cap) {
+    int n = nftnl_rule_snprintf(buf, cap, (const struct nftnl_rule *)rule, NFTNL_OUTPUT_DEFAULT, 0);
+    return n < 0 ? -EINVAL : n;
 }
 
 // ---- table query ----

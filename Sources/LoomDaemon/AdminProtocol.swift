@@ -23,6 +23,8 @@ public struct AdminRequest: Codable, Sendable {
     public var host: String?
     public var path: String?
     public var headers: [String: String]?
+    /// For `explain`: the connection comes into the pod (prerouting) instead of out of it.
+    public var inbound: Bool?
 
     public init(
         op: Operation,
@@ -77,6 +79,8 @@ public struct AdminReply: Codable, Sendable {
     public var elapsedMs: Double?
     /// `explain`: where a connection would go, and why.
     public var explanation: Explanation?
+    /// `explain --netns`: what the pod's rules in the kernel would do with it.
+    public var kernel: KernelExplanation?
 
     public init(error: String? = nil, message: String? = nil, pods: [PodStatus]? = nil) {
         self.error = error
@@ -92,5 +96,43 @@ public struct AdminReply: Codable, Sendable {
 
     public static func parse(_ line: String) throws -> AdminReply {
         try JSONDecoder().decode(AdminReply.self, from: Data(line.utf8))
+    }
+}
+
+/// What a pod's nf_tables rules would do with a connection (`loomctl explain --netns`).
+public struct KernelExplanation: Codable, Equatable, Sendable {
+    /// `redirected` or `bypassed`.
+    public var verdict: String
+    /// The port redirected to.
+    public var port: Int?
+    /// The deciding rule's reason and its nft text; the chain it is in.
+    public var rule: String
+    public var nft: String
+    public var chain: String
+    /// Whether Loom's table is in the pod's netns now (read from the kernel), and the
+    /// generation loomd applied.
+    public var tableInKernel: Bool
+    public var generation: Int?
+    /// Anything the user must know (a table removed by hand, a pod not intercepted).
+    public var note: String?
+
+    public init(
+        verdict: String,
+        port: Int? = nil,
+        rule: String,
+        nft: String,
+        chain: String,
+        tableInKernel: Bool,
+        generation: Int? = nil,
+        note: String? = nil
+    ) {
+        self.verdict = verdict
+        self.port = port
+        self.rule = rule
+        self.nft = nft
+        self.chain = chain
+        self.tableInKernel = tableInKernel
+        self.generation = generation
+        self.note = note
     }
 }

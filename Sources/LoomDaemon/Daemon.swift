@@ -7,6 +7,7 @@ import LoomIntercept
 import LoomMesh
 import LoomRelay
 import LoomSystem
+import LoomTrace
 import Synchronization
 
 /// Everything loomd needs to start.
@@ -27,6 +28,12 @@ public struct DaemonSettings: Sendable {
     public var drainTimeoutMs: Int64
     /// Pipe pages loomd may use; nil: `fs.pipe-user-pages-soft`.
     public var pipePages: Int?
+    /// Where Prometheus scrapes `GET /metrics` over TCP; nil: no TCP listener.
+    public var metricsAddress: MetricsAddress?
+    /// Where access-log lines go (`-`: standard output); namespaces opt in (`accessLog`).
+    public var accessLog: String = "-"
+    /// Trace records queued per tracer before it loses some (it is told how many).
+    public var traceBuffer: Int = 4096
 
     public init(
         relay: RelayConfiguration,
@@ -36,7 +43,8 @@ public struct DaemonSettings: Sendable {
         stateDirectory: String? = "/run/loom",
         adminSocket: String = "/run/loom/admin.sock",
         drainTimeoutMs: Int64 = 5000,
-        pipePages: Int? = nil
+        pipePages: Int? = nil,
+        metricsAddress: MetricsAddress? = nil
     ) {
         self.relay = relay
         self.intercept = intercept
@@ -46,6 +54,7 @@ public struct DaemonSettings: Sendable {
         self.adminSocket = adminSocket
         self.drainTimeoutMs = drainTimeoutMs
         self.pipePages = pipePages
+        self.metricsAddress = metricsAddress
     }
 }
 
@@ -70,7 +79,7 @@ public final class Daemon: @unchecked Sendable {
     public private(set) var loops: [RelayLoop] = []
     public private(set) var budget: ResourceBudget?
     private var admin: AdminServer?
-    private var controller: InterceptionController?
+    private(set) var controller: InterceptionController?
     private var ticker: SystemThread?
     private let stopping = Atomic<Bool>(false)
     private var lockFile: FileDescriptor?
@@ -80,8 +89,15 @@ public final class Daemon: @unchecked Sendable {
     private let reloading = Mutex<Void>(())
     /// The configuration file as last read (a change triggers a reload).
     private var configStamp: FileStamp?
-    private let logger: Logger
-    private let startedAt = SystemProcess.nowMilliseconds()
+    /// Joins kernel verdicts and relay events for tracers and access logs.
+    private(set) var traceHub: TraceHub?
+    /// Live traces and their scopes; access logs by namespace.
+    let traces = Mutex<[Int: (TraceSubscription, TraceScope)]>([:])
+    let accessLogs = Mutex<[String: TraceSubscription]>([:])
+    /// The mesh configuration last loaded (access-log settings).
+    private var meshConfig: MeshConfig?
+    let logger: Logger
+    let startedAt = SystemProcess.nowMilliseconds()
 
     public init(settings: DaemonSettings, logger: Logger) {
         self.settings = settings
@@ -116,6 +132,7 @@ public final class Daemon: @unchecked Sendable {
             let loaded = try NodeConfig.load(path: path)
             config = loaded.state
             mesh.publish(loaded.mesh.snapshot)
+            meshConfig = loaded.mesh
             SystemProcess.releaseFreedMemory()
             configStamp = FileStamp(path: path)
             for warning in loaded.mesh.warnings { logger.warning("\(warning)") }
@@ -154,8 +171,12 @@ public final class Daemon: @unchecked Sendable {
 
         // The admin socket first: a loomd that would orphan a live one's socket must stop
         // before it touches any pod.
-        admin = try AdminServer(path: settings.adminSocket, logger: logger) { [weak self] command in
-            self?.answer(command) ?? "{\"error\":\"shutting down\"}"
+        admin = try AdminServer(
+            path: settings.adminSocket,
+            metricsAddress: settings.metricsAddress.map { ($0.host, $0.port) },
+            logger: logger
+        ) { [weak self] request in
+            self?.route(request) ?? .error(503, "loomd is shutting down")
         }
         let home = try NetworkNamespace.current()
         let perLoopConnections = max(1, (budget.maxConnections + relay.loops - 1) / relay.loops)
@@ -176,6 +197,15 @@ public final class Daemon: @unchecked Sendable {
             }
             // Published before the admin thread exists, so it never sees a partial list.
             loops = started
+            let hub = try TraceHub(
+                loops: started,
+                mesh: mesh,
+                accessLogPath: settings.accessLog,
+                tracerCapacity: settings.traceBuffer,
+                logger: logger
+            )
+            try hub.start()
+            traceHub = hub
             let controller = InterceptionController(
                 loops: started,
                 base: settings.intercept,
@@ -184,8 +214,10 @@ public final class Daemon: @unchecked Sendable {
                 statePath: statePath,
                 logger: logger
             )
+            controller.traceHub = hub
             controller.start()
             self.controller = controller
+            if let meshConfig { syncAccessLogs(meshConfig) }
             // Pods named on the command line are the point of this loomd: failing them fails it.
             let named = Set(settings.netns.map(NetworkNamespace.resolvePath))
             if let failed = controller.podStatuses().first(where: { named.contains($0.netns) && $0.error != nil }) {
@@ -197,10 +229,12 @@ public final class Daemon: @unchecked Sendable {
                     if self.stopping.load(ordering: .relaxed) { break }
                     self.controller?.tick()
                     self.reloadIfFileChanged()
+                    self.refreshTraceScopes()
                 }
             }
         } catch {
             controller?.shutDown()
+            traceHub?.stop()
             for loop in started { loop.stop() }
             loops = []
             admin?.stop()
@@ -247,7 +281,9 @@ public final class Daemon: @unchecked Sendable {
         let left = totals().active
         if left > 0 { logger.warning("drain time over: resetting \(left) connection(s)") }
         admin?.stop()
+        for (subscription, _) in traces.withLock({ Array($0.values) }) { endTrace(subscription) }
         controller?.shutDown()
+        traceHub?.stop()
         for loop in loops { loop.stop() }
         lockFile?.close()
         logger.info("stopped")
@@ -256,6 +292,28 @@ public final class Daemon: @unchecked Sendable {
     /// Sum of every loop's counters.
     public func totals() -> LoopCounters {
         loops.map { $0.stats.snapshot() }.reduce(LoopCounters(), +)
+    }
+
+    /// The admin API's routes. Over TCP only `GET /metrics` gets here.
+    private func route(_ request: AdminHTTPRequest) -> AdminAnswer {
+        switch (request.method, request.path) {
+        case ("POST", "/v1/command"): return .response(AdminHTTPResponse(body: answer(request.text.trimmingSpaces())))
+        case ("GET", "/v1/status"): return .response(AdminHTTPResponse(body: answer("status")))
+        case ("GET", "/v1/routes"): return .response(AdminHTTPResponse(body: answer(AdminRequest(op: .routes).line())))
+        case ("GET", "/metrics"):
+            let prometheus = "text/plain; version=0.0.4; charset=utf-8"
+            return .response(AdminHTTPResponse(contentType: prometheus, body: metricsText()))
+        case ("GET", "/v1/trace"): return startTrace(query: request.query)
+        case ("GET", "/v1/top"): return .response(AdminHTTPResponse(body: topReport().json()))
+        case (_, "/v1/command"): return .error(405, "use POST for /v1/command")
+        case (_, "/v1/status"), (_, "/v1/routes"), (_, "/v1/trace"), (_, "/v1/top"), (_, "/metrics"):
+            return .error(405, "use GET for \(request.path)")
+        default:
+            return .error(
+                404,
+                "unknown path \(request.path); try /v1/status, /v1/routes, /v1/top, /v1/command, /v1/trace, /metrics"
+            )
+        }
     }
 
     private func answer(_ line: String) -> String {
@@ -331,8 +389,10 @@ extension Daemon {
             }
             configStamp = stamp
             let runtime = mesh.publish(loaded.mesh.snapshot)
+            meshConfig = loaded.mesh
             SystemProcess.releaseFreedMemory()
             controller?.configChanged(loaded.state)
+            syncAccessLogs(loaded.mesh)
             for warning in loaded.mesh.warnings { logger.warning("\(warning)") }
             let ms = Double(SystemProcess.nowMicroseconds() - started) / 1000
             let message =
@@ -381,6 +441,13 @@ extension Daemon {
             )
         }
         var reply = AdminReply()
+        if let netns = request.selector?.netns {
+            reply.kernel = controller.explainKernel(
+                netns: netns,
+                destination: destination,
+                inbound: request.inbound ?? false
+            )
+        }
         reply.explanation = mesh.runtime.snapshot.explain(
             destination: destination,
             namespace: namespace,

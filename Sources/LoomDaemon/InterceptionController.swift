@@ -10,6 +10,7 @@ import Logging
 import LoomIntercept
 import LoomRelay
 import LoomSystem
+import LoomTrace
 
 /// What loomd holds for one pod whose netns is open.
 final class PodRuntime {
@@ -18,6 +19,8 @@ final class PodRuntime {
     /// The settings of the table in the kernel (nil: no table).
     var applied: InterceptSettings?
     var listeners = 0
+    /// The NFQUEUE trace table is installed (a tracer watches this pod).
+    var kernelTraced = false
     var changeMs: Double?
     var error: String?
 
@@ -35,19 +38,23 @@ struct PodError: Error, CustomStringConvertible {
 /// ticker thread call in; relay loops never do (they get `LoopCommand`s).
 final class InterceptionController: @unchecked Sendable {
     // @unchecked: every mutable field is touched only with `lock` held.
-    private let lock = NSLock()
+    let lock = NSLock()
     private let loops: [RelayLoop]
-    private let base: InterceptSettings
+    let base: InterceptSettings
     private let ipv6: Bool
     private let backlog: Int32
     private let statePath: String?
-    private let logger: Logger
-    private var state: NodeState
-    private var runtimes: [String: PodRuntime] = [:]
+    let logger: Logger
+    private(set) var state: NodeState
+    var runtimes: [String: PodRuntime] = [:]
     /// Tables applied per pod over loomd's life (kept across disable and enable, so a
     /// generation number is never reused for a different table).
-    private var generations: [String: Int] = [:]
+    var generations: [String: Int] = [:]
     private var nextPodID = 1
+    /// How long each table change took in the kernel (metrics).
+    let programming = LatencyHistogram()
+    /// Where kernel trace queues are read (set once by the daemon before `start`).
+    var traceHub: TraceHub?
 
     init(
         loops: [RelayLoop],
@@ -74,6 +81,9 @@ final class InterceptionController: @unchecked Sendable {
         lock.withLock {
             for pod in state.pods {
                 if let error = reconcile(pod.netns, cleanOrphan: true) { logger.warning("\(error)") }
+                // A trace table a killed loomd left behind (harmless: its queue rule
+                // bypasses when nobody reads, but nothing is left behind).
+                if let runtime = runtimes[pod.netns] { try? runtime.netfilter?.removeTrace() }
             }
         }
     }
@@ -303,7 +313,12 @@ final class InterceptionController: @unchecked Sendable {
         do {
             if runtime.listeners == 0 { try openListeners(runtime) }
             if runtime.applied != desired {
+                let applyStarted = SystemProcess.nowMicroseconds()
                 try runtime.netfilter?.apply(RulePlan(desired))
+                programming.observe(micros: SystemProcess.nowMicroseconds() - applyStarted)
+                if runtime.kernelTraced {
+                    traceHub?.updateKernelPlan(podId: runtime.context.id, plan: RulePlan(desired))
+                }
                 runtime.applied = desired
                 generations[path, default: 0] += 1
                 logger.info(
@@ -371,6 +386,7 @@ final class InterceptionController: @unchecked Sendable {
 
     /// Removes the pod's rules, then its listeners; connections in flight go on.
     private func teardown(_ runtime: PodRuntime, path: String) {
+        stopKernelTraceLocked(runtime)
         if runtime.applied != nil {
             do {
                 try runtime.netfilter?.remove()
@@ -400,6 +416,7 @@ final class InterceptionController: @unchecked Sendable {
         logger.notice(
             "pod \(path): network namespace deleted (the file no longer names the namespace loomd holds); releasing its listeners and connections"
         )
+        stopKernelTraceLocked(runtime)
         release(runtime, resetConnections: true)
         runtimes[path] = nil
         if let pod = state.pod(path), !pod.fromConfig {

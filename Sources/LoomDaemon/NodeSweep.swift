@@ -35,7 +35,7 @@ public enum NodeSweep {
                 try netns.withEntered {
                     let socket = try NetfilterSocket()
                     defer { socket.close() }
-                    if try socket.hasLoomTable() {
+                    if try socket.hasLoomTable() || socket.hasTraceTable() {
                         try socket.remove()
                         removed += 1
                         logger?.info("removed Loom's table in \(path)")

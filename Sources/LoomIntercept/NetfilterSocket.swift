@@ -1,5 +1,6 @@
-// Loom's table through netlink: a NETLINK_NETFILTER socket bound to one pod's network
-// namespace, and the three batches loomd sends through it (apply, remove, heartbeat).
+// Loom's tables through netlink: a NETLINK_NETFILTER socket bound to one pod's network
+// namespace, and the batches loomd sends through it (apply, remove, heartbeat; and while a
+// trace runs, applyTrace and removeTrace for the trace table).
 // Each batch is one nf_tables transaction: the kernel applies all of it or none of it.
 // What the batches contain is decided in RulePlan+Netlink.swift; CLoomNetfilter builds
 // the bytes.
@@ -46,9 +47,36 @@ public final class NetfilterSocket: Sendable {
         try send(plan.netlinkMessages(), .apply)
     }
 
-    /// Deletes Loom's table if it exists. Touches no other table.
+    /// Deletes Loom's table and the trace table (`inet loom_trace`), those that exist, in
+    /// one transaction: a pod that is not intercepted is not traced either. Touches no
+    /// other table.
     public func remove() throws(NetfilterError) {
-        try send(RulePlan.removalMessages, .remove)
+        try send([(RulePlan.table, RulePlan.removalMessages), (TracePlan.table, TracePlan.removalMessages)], .remove)
+    }
+
+    /// Installs the trace table (`inet loom_trace`), replacing it if there is one, in one
+    /// transaction. Loom's table is not touched. Returns the plan as installed: a kernel
+    /// without nft_queue refuses the `queue` statement (ENOENT), and then the plan's
+    /// xtables form is installed instead (its `nftText()` is what `nft list` shows).
+    @discardableResult
+    public func applyTrace(_ plan: TracePlan) throws(NetfilterError) -> TracePlan {
+        do {
+            try send([(TracePlan.table, plan.netlinkMessages())], .applyTrace)
+            return plan
+        } catch let error where plan.statement == .native && error.errno == CLOOM_NFT_ENOENT {
+            let fallback = plan.with(statement: .xtables)
+            do {
+                try send([(TracePlan.table, fallback.netlinkMessages())], .applyTrace)
+            } catch let second where second.errno == CLOOM_NFT_ENOENT {
+                throw error  // neither form: the first error names the queue statement
+            }
+            return fallback
+        }
+    }
+
+    /// Deletes the trace table if it exists. Touches no other table.
+    public func removeTrace() throws(NetfilterError) {
+        try send([(TracePlan.table, TracePlan.removalMessages)], .removeTrace)
     }
 
     /// Renews the fail-open heartbeat: the `tcp` element of set `heartbeat` now expires
@@ -60,24 +88,7 @@ public final class NetfilterSocket: Sendable {
     /// Whether table `inet loom` exists, and its comment (`RulePlan.tableComment` when
     /// loomd or `loomctl rules` made it).
     public func loomTable() throws(NetfilterError) -> (exists: Bool, comment: String?) {
-        let capacity = 256
-        var comment = [CChar](repeating: 0, count: capacity)
-        var hasComment: CInt = 0
-        let result = try withHandle(.query) { handle, sequence in
-            let rc = cloom_nft_get_table(
-                handle,
-                sequence,
-                CLOOM_NFPROTO_INET,
-                RulePlan.table,
-                &comment,
-                capacity,
-                &hasComment
-            )
-            return (rc, 1)
-        }
-        if result < 0 { throw NetfilterError(operation: .query, message: nil, errno: -result) }
-        let text = comment.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-        return (result == 1, hasComment != 0 ? text : nil)
+        try table(RulePlan.table, .query)
     }
 
     /// Whether table `inet loom` exists, whatever its comment.
@@ -85,16 +96,61 @@ public final class NetfilterSocket: Sendable {
         try loomTable().exists
     }
 
-    /// Sends `messages` as one batch; an error names the message the kernel refused.
+    /// Whether the trace table `inet loom_trace` exists, and its comment.
+    public func traceTable() throws(NetfilterError) -> (exists: Bool, comment: String?) {
+        try table(TracePlan.table, .queryTrace)
+    }
+
+    /// Whether the trace table `inet loom_trace` exists, whatever its comment.
+    public func hasTraceTable() throws(NetfilterError) -> Bool {
+        try traceTable().exists
+    }
+
+    /// Whether table `inet NAME` exists, and its comment.
+    private func table(
+        _ name: String,
+        _ operation: NetfilterError.Operation
+    ) throws(NetfilterError) -> (exists: Bool, comment: String?) {
+        let capacity = 256
+        var comment = [CChar](repeating: 0, count: capacity)
+        var hasComment: CInt = 0
+        let result = try withHandle(operation) { handle, sequence in
+            let rc = cloom_nft_get_table(
+                handle,
+                sequence,
+                CLOOM_NFPROTO_INET,
+                name,
+                &comment,
+                capacity,
+                &hasComment
+            )
+            return (rc, 1)
+        }
+        if result < 0 { throw NetfilterError(operation: operation, message: nil, errno: -result) }
+        let text = comment.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        return (result == 1, hasComment != 0 ? text : nil)
+    }
+
+    /// Sends `messages` (in Loom's table) as one batch; an error names the message the
+    /// kernel refused.
     func send(_ messages: [NetlinkMessage], _ operation: NetfilterError.Operation) throws(NetfilterError) {
+        try send([(RulePlan.table, messages)], operation)
+    }
+
+    /// Sends the messages of each table, in order, as one batch.
+    func send(
+        _ tables: [(table: String, messages: [NetlinkMessage])],
+        _ operation: NetfilterError.Operation
+    ) throws(NetfilterError) {
+        let messages = tables.flatMap { table in table.messages.map { (table: table.table, message: $0) } }
         var failed: UInt32 = CLOOM_NFT_BATCH_INDEX
         let rc = try withHandle(operation) { handle, sequence in
             guard let batch = cloom_nft_batch_new(CLOOM_NFPROTO_INET, sequence) else {
                 return (-CLOOM_NFT_ENOMEM, 0)
             }
             defer { cloom_nft_batch_free(batch) }
-            for (index, message) in messages.enumerated() {
-                let rc = Self.add(message, to: batch)
+            for (index, (table, message)) in messages.enumerated() {
+                let rc = Self.add(message, in: table, to: batch)
                 if rc < 0 {
                     failed = UInt32(index)
                     return (rc, 0)
@@ -104,7 +160,11 @@ public final class NetfilterSocket: Sendable {
             return (cloom_nft_batch_send(handle, batch, &failed), UInt32(messages.count) + 2)
         }
         if rc < 0 {
-            let message = failed < messages.count ? messages[Int(failed)].description : nil
+            var message: String?
+            if failed < messages.count {
+                let refused = messages[Int(failed)]
+                message = refused.message.description(table: refused.table)
+            }
             throw NetfilterError(operation: operation, message: message, errno: -rc)
         }
     }
@@ -127,13 +187,12 @@ public final class NetfilterSocket: Sendable {
 
     // MARK: - Messages to CLoomNetfilter calls
 
-    private static func add(_ message: NetlinkMessage, to batch: OpaquePointer) -> CInt {
-        let table = RulePlan.table
+    private static func add(_ message: NetlinkMessage, in table: String, to batch: OpaquePointer) -> CInt {
         switch message {
         case .addTable(let comment): return cloom_nft_add_table(batch, table, comment)
         case .deleteTable: return cloom_nft_delete_table(batch, table)
-        case .addChain(let name, let hook, let priority):
-            return cloom_nft_add_chain(batch, table, name, "nat", hookNumber(hook), priority)
+        case .addChain(let name, let type, let hook, let priority):
+            return cloom_nft_add_chain(batch, table, name, type.rawValue, hookNumber(hook), priority)
         case .addSet(let set):
             let (type, length, byteOrder) = keyFormat(set.keyType)
             let flags =
@@ -156,6 +215,18 @@ public final class NetfilterSocket: Sendable {
         }
     }
 
+    /// A rule's expressions as libnftnl prints them, the form of `nft --debug=netlink`
+    /// (`  [ meta load l4proto => reg 1 ]`, one per line), for tests.
+    static func describe(_ expressions: [NetlinkExpression], chain: String) -> String? {
+        guard let rule = cloom_nft_rule_new(TracePlan.table, chain, nil) else { return nil }
+        defer { cloom_nft_rule_free(rule) }
+        for expression in expressions where add(expression, to: rule) < 0 { return nil }
+        var buffer = [CChar](repeating: 0, count: 8192)
+        let length = cloom_nft_rule_describe(rule, &buffer, buffer.count)
+        guard length >= 0, Int(length) < buffer.count else { return nil }
+        return buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    }
+
     private static func add(_ expression: NetlinkExpression, to rule: OpaquePointer) -> CInt {
         let reg = CLOOM_NFT_REG_1
         switch expression {
@@ -174,6 +245,10 @@ public final class NetfilterSocket: Sendable {
         case .load(let data): return cloom_nft_expr_immediate(rule, reg, data, UInt32(data.count))
         case .returnVerdict: return cloom_nft_expr_verdict(rule, CLOOM_NFT_RETURN)
         case .redirectToPort: return cloom_nft_expr_redir(rule, reg)
+        case .queue(let number, let bypass):
+            return cloom_nft_expr_queue(rule, number, bypass ? CLOOM_NFT_QUEUE_FLAG_BYPASS : 0)
+        case .xtQueue(let number, let bypass):
+            return cloom_nft_expr_xt_queue(rule, number, bypass ? CLOOM_NFT_QUEUE_FLAG_BYPASS : 0)
         }
     }
 
@@ -216,6 +291,10 @@ public struct NetfilterError: Error, Equatable, CustomStringConvertible, Sendabl
         case remove = "remove Loom's table"
         case refreshHeartbeat = "refresh the heartbeat"
         case query = "look up table inet loom"
+        case queryTrace = "look up table inet loom_trace"
+        case applyTrace = "apply the trace table"
+        case removeTrace = "remove the trace table"
+        case openQueue = "open the trace queue"
     }
 
     public let operation: Operation
@@ -234,6 +313,7 @@ public struct NetfilterError: Error, Equatable, CustomStringConvertible, Sendabl
 
     /// What to check, for the errors an operator can do something about.
     var hint: String? {
+        if operation == .openQueue { return queueHint }
         switch errno {
         case CLOOM_NFT_EPERM:
             return "changing nf_tables needs CAP_NET_ADMIN in the pod's network namespace (run loomd as root)"
@@ -241,10 +321,27 @@ public struct NetfilterError: Error, Equatable, CustomStringConvertible, Sendabl
             return "the kernel lacks nf_tables (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET)"
         case CLOOM_NFT_ENOENT where operation == .refreshHeartbeat:
             return "Loom's table or its heartbeat set is missing (not applied, or applied with fail policy closed)"
+        case CLOOM_NFT_ENOENT where operation == .applyTrace:
+            return
+                "the kernel lacks both nft_queue (CONFIG_NFT_QUEUE) and xtables' NFQUEUE target (CONFIG_NETFILTER_XT_TARGET_NFQUEUE with CONFIG_NFT_COMPAT)"
         case CLOOM_NFT_ENOENT:
             return "the kernel lacks nf_tables NAT support (modules nft_chain_nat, nft_redir)"
         case CLOOM_NFT_EBADF where message == nil:
             return "the netfilter socket is closed"
+        default: return nil
+        }
+    }
+
+    private var queueHint: String? {
+        switch errno {
+        // The kernel answers EPERM both without CAP_NET_ADMIN and for a queue another socket holds.
+        case CLOOM_NFT_EPERM:
+            return
+                "another socket holds this queue in the pod's network namespace (another trace, or another program using NFQUEUE), or loomd lacks CAP_NET_ADMIN there"
+        case CLOOM_NFT_EBUSY: return "this socket is already bound to the queue"
+        case CLOOM_NFT_EOPNOTSUPP, CLOOM_NFT_EPROTONOSUPPORT:
+            return "the kernel lacks nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE)"
+        case CLOOM_NFT_EBADF: return "the trace queue is closed"
         default: return nil
         }
     }

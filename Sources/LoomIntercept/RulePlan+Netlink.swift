@@ -29,6 +29,11 @@ enum NetlinkExpression: Equatable, Sendable {
     case returnVerdict
     /// `[ redir proto_min reg 1 flags 0x2 ]`: redirect to the local port in register 1.
     case redirectToPort
+    /// `[ queue num NUMBER bypass ]`: nf_tables' queue statement (kernel module nft_queue).
+    case queue(number: UInt16, bypass: Bool)
+    /// `[ target name NFQUEUE rev 3 ]`: xtables' NFQUEUE target through nft_compat, for
+    /// kernels without nft_queue (what iptables-nft sends for `-j NFQUEUE`).
+    case xtQueue(number: UInt16, bypass: Bool)
 }
 
 /// A set in Loom's table.
@@ -57,24 +62,36 @@ struct NetlinkSet: Equatable, Sendable {
     var size: UInt32
 }
 
-/// One message of a batch in Loom's table (`inet loom`).
+/// One message of a batch in one of Loom's tables: `inet loom` unless the batch says
+/// otherwise (the trace table, `inet loom_trace`).
 enum NetlinkMessage: Equatable, Sendable, CustomStringConvertible {
+    /// A base chain's type.
+    enum ChainType: String, Equatable, Sendable {
+        /// Loom's chains: redirects.
+        case nat
+        /// The trace table's chains: they only queue.
+        case filter
+    }
+
     case addTable(comment: String?)
     case deleteTable
-    case addChain(name: String, hook: String, priority: Int32)
+    case addChain(name: String, type: ChainType, hook: String, priority: Int32)
     case addSet(NetlinkSet)
     case addElements(set: String, setID: UInt32, keys: [[UInt8]], timeoutMilliseconds: UInt64)
     case flushSet(String)
     case addRule(chain: String, [NetlinkExpression], comment: String)
 
-    /// What the message does, for errors: "add rule to chain output ("loopback")".
-    var description: String {
-        let table = "table \(RulePlan.family) \(RulePlan.table)"
+    /// What the message does in Loom's table, for errors: "add rule to chain output ("loopback")".
+    var description: String { description(table: RulePlan.table) }
+
+    /// What the message does in `table`: "add table inet loom_trace".
+    func description(table name: String) -> String {
+        let table = "table \(RulePlan.family) \(name)"
         func named(_ set: String) -> String { set.hasPrefix("__set") ? "anonymous set" : "set \(set)" }
         switch self {
         case .addTable: return "add \(table)"
         case .deleteTable: return "delete \(table)"
-        case .addChain(let name, _, _): return "add chain \(name)"
+        case .addChain(let name, _, _, _): return "add chain \(name)"
         case .addSet(let set): return "add \(named(set.name))"
         case .addElements(let set, _, _, _): return "add elements to \(named(set))"
         case .flushSet(let set): return "flush \(named(set))"
@@ -102,7 +119,7 @@ extension RulePlan {
             messages += [.addSet(set), Self.heartbeatElement(seconds: settings.heartbeatSeconds, setID: set.id)]
         }
         for chain in chains {
-            messages.append(.addChain(name: chain.name, hook: chain.hook, priority: chain.priority))
+            messages.append(.addChain(name: chain.name, type: .nat, hook: chain.hook, priority: chain.priority))
             for rule in chain.rules {
                 var expressions: [NetlinkExpression] = []
                 for match in rule.matches {

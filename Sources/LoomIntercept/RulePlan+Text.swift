@@ -29,9 +29,11 @@ extension RulePlan {
     }
 
     /// nft lists a standard priority by name where that name applies to the hook:
-    /// `dstnat` (-100) on prerouting; -100 on output stays a number.
+    /// `dstnat` (-100) on prerouting, -100 on output stays a number; `mangle` (-150) on
+    /// every hook (the trace table's chains).
     static func priorityText(_ priority: Int32, hook: String) -> String {
-        hook == "prerouting" && priority == -100 ? "dstnat" : String(priority)
+        if priority == -150 { return "mangle" }
+        return hook == "prerouting" && priority == -100 ? "dstnat" : String(priority)
     }
 
     static func text(_ rule: Rule) -> String {
@@ -61,7 +63,8 @@ extension RulePlan {
         }
     }
 
-    private static func hex(_ value: UInt32) -> String {
+    /// A mark as nft prints it: `0x00004c4f`.
+    static func hex(_ value: UInt32) -> String {
         let digits = String(value, radix: 16)
         return "0x" + String(repeating: "0", count: max(0, 8 - digits.count)) + digits
     }

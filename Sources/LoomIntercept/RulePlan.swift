@@ -59,6 +59,12 @@ public struct RulePlan: Equatable, Sendable {
     public let settings: InterceptSettings
     public let chains: [Chain]
 
+    /// A plan with exactly these chains (tests: chains RulePlan would not build).
+    init(settings: InterceptSettings, chains: [Chain]) {
+        self.settings = settings
+        self.chains = chains
+    }
+
     /// Builds the plan for a pod.
     public init(_ settings: InterceptSettings) {
         self.settings = settings

@@ -10,6 +10,7 @@
 //       excludeInboundPorts: [22]
 //       excludeCIDRs: [10.96.0.0/12]   # ADDRESS/LENGTH or a bare address, host bits zero
 //       unmatched: passthrough     # passthrough (default) | refuse: destinations that are no service
+//       accessLog: true            # one JSON line per connection to loomd's --access-log (default false)
 //   pods:                          # also for interception
 //     - {netns: web-1, namespace: shop, serviceAccount: web, intercept: false}   # netns required
 //   defaults:                      # policy every service starts from (same keys as `policy`)
@@ -130,7 +131,10 @@ struct ConfigParser {
     // MARK: Interception
 
     private func parseNamespaces(_ node: Node) -> [String: NamespaceConfig] {
-        let keys = ["intercept", "fail", "excludeOutboundPorts", "excludeInboundPorts", "excludeCIDRs", "unmatched"]
+        let keys = [
+            "intercept", "fail", "excludeOutboundPorts", "excludeInboundPorts", "excludeCIDRs", "unmatched",
+            "accessLog",
+        ]
         var result: [String: NamespaceConfig] = [:]
         for (name, key, value) in reader.entries(node, "namespaces") ?? [] {
             let path = "namespaces.\(name)"
@@ -163,7 +167,8 @@ struct ConfigParser {
                 excludeOutboundPorts: outbound,
                 excludeInboundPorts: inbound,
                 excludeCIDRs: cidrs,
-                unmatched: unmatched
+                unmatched: unmatched,
+                accessLog: reader.bool(map, "accessLog")
             )
         }
         return result

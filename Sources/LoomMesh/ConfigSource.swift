@@ -62,6 +62,8 @@ public struct NamespaceConfig: Sendable, Equatable {
     public var excludeCIDRs: [String]
     /// What happens to destinations that are no service (also in the snapshot).
     public var unmatched: UnmatchedPolicy?
+    /// Write one access-log line per connection of this namespace's pods.
+    public var accessLog: Bool?
 
     public init(
         intercept: Bool? = nil,
@@ -69,7 +71,8 @@ public struct NamespaceConfig: Sendable, Equatable {
         excludeOutboundPorts: [UInt16] = [],
         excludeInboundPorts: [UInt16] = [],
         excludeCIDRs: [String] = [],
-        unmatched: UnmatchedPolicy? = nil
+        unmatched: UnmatchedPolicy? = nil,
+        accessLog: Bool? = nil
     ) {
         self.intercept = intercept
         self.fail = fail
@@ -77,6 +80,7 @@ public struct NamespaceConfig: Sendable, Equatable {
         self.excludeInboundPorts = excludeInboundPorts
         self.excludeCIDRs = excludeCIDRs
         self.unmatched = unmatched
+        self.accessLog = accessLog
     }
 }
 

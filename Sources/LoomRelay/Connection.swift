@@ -50,6 +50,17 @@ final class Connection {
     var connectTimeoutMs: Int64 = 0
     /// Counted in the service's active connections (the circuit breaker).
     var countedInService = false
+    /// The route chosen within `ref`'s port (-1: none, or the port has no routes).
+    var route = -1
+
+    // Trace and metrics.
+    var capture = CaptureKind.outbound
+    /// Monotonic milliseconds when it was accepted.
+    var openedAt: Int64 = 0
+    /// Microseconds when the current upstream connect started; how long the one that
+    /// completed took (-1: none yet).
+    var connectStartedMicros: Int64 = 0
+    var connectMicros: Int64 = -1
 
     init(index: Int) { self.index = index }
 

@@ -20,6 +20,11 @@ public final class ServiceCounters: Sendable {
     public let connectFailures = Atomic<Int>(0)
     /// Times an endpoint was ejected (any loop).
     public let ejections = Atomic<Int>(0)
+    /// Connections that ended in a reset or failure after being routed here.
+    public let failed = Atomic<Int>(0)
+    /// Bytes relayed for connections to this service: client -> endpoint, endpoint -> client.
+    public let bytesOut = Atomic<UInt64>(0)
+    public let bytesIn = Atomic<UInt64>(0)
 
     public init() {}
 }

@@ -15,6 +15,9 @@ public final class PodContext: Sendable {
     /// Mesh namespace (decides what happens to destinations that are no service).
     public let namespace: String
     public let stats = PodStats()
+    /// Trace subscriptions and access logs covering this pod. The loops build a
+    /// `RelayEvent` only while it is non-zero.
+    public let traced = Atomic<Int>(0)
 
     public init(id: Int, name: String, netns: NetworkNamespace, namespace: String = "default") {
         self.id = id
@@ -33,6 +36,11 @@ public final class PodStats: Sendable {
     let accepted = Atomic<Int>(0)
     let refused = Atomic<Int>(0)
     let failed = Atomic<Int>(0)
+    /// Bytes that reached their sink: client -> upstream and upstream -> client.
+    public let bytesOut = Counter()
+    public let bytesIn = Counter()
+    /// Connections ended, by `EndCode` (refusals at accept included).
+    public let closed: [Counter] = EndCode.allCases.map { _ in Counter() }
 
     public init() {}
 

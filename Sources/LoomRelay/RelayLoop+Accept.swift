@@ -81,7 +81,10 @@ extension RelayLoop {
         } catch {
             refuse(
                 fd,
-                pod,
+                listener,
+                clientAddress.address,
+                fd.localAddress() ?? clientAddress.address,
+                .refusedNoDestination,
                 "connection from \(clientAddress) has no original destination (\(error)); was it redirected by nf_tables? refusing"
             )
             return
@@ -94,7 +97,10 @@ extension RelayLoop {
         {
             refuse(
                 fd,
-                pod,
+                listener,
+                clientAddress.address,
+                target,
+                .refusedLoop,
                 "connection from \(clientAddress) to \(destination) targets Loom's own listener; refusing (no loops)"
             )
             return
@@ -108,6 +114,10 @@ extension RelayLoop {
         conn.destination = destination
         conn.state = ConnectionState(now: now)
         conn.connectTimeoutMs = config.connectTimeoutMs
+        conn.capture = listener.kind
+        conn.openedAt = now
+        conn.connectMicros = -1
+        conn.route = -1
         do {
             try fd.setNoDelay()
             let interest: EpollEvents = [.readable, .writable, .readHangup, .edgeTriggered]
@@ -122,8 +132,10 @@ extension RelayLoop {
         guard let ref = routing.snapshot.lookup(destination.address) else {
             // Not a service: pass through to the original destination, or refuse.
             if routing.snapshot.unmatchedPolicy(namespace: pod.namespace) == .refuse {
+                metrics.decided(.refusedUnmatched)
                 close(conn, reason: .unmatchedRefused)
             } else {
+                metrics.decided(.passthrough)
                 connectUpstream(conn, to: UpstreamAddress(destination.address))
             }
             return
@@ -151,12 +163,36 @@ extension RelayLoop {
         }
     }
 
-    private func refuse(_ fd: FileDescriptor, _ pod: PodContext, _ message: @autoclosure () -> String) {
+    private func refuse(
+        _ fd: FileDescriptor,
+        _ listener: PodListener,
+        _ client: SocketAddress,
+        _ destination: SocketAddress,
+        _ code: EndCode,
+        _ message: @autoclosure () -> String
+    ) {
+        let pod = listener.pod
         counters.refused += 1
         pod.stats.refused.add(1, ordering: .relaxed)
+        pod.stats.closed[code.rawValue].add()
         fd.setResetOnClose()
         fd.close()
-        logger.info("\(message())")
+        let text = message()
+        if pod.traced.load(ordering: .relaxed) != 0 {
+            var event = RelayEvent(
+                kind: .closed,
+                pod: pod,
+                capture: listener.kind,
+                client: client,
+                destination: destination,
+                openedAtMs: now,
+                atMs: now
+            )
+            event.end = code
+            event.endDetail = text
+            events.push(event)
+        }
+        logger.info("\(text)")
     }
 
     private func takeSlot() -> Connection {

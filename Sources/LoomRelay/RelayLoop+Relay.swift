@@ -222,6 +222,16 @@ extension RelayLoop {
     private func relayed(_ n: Int, outbound: Bool, _ conn: Connection) {
         conn.state.touched(now: now)
         if outbound { counters.bytesOutbound &+= UInt64(n) } else { counters.bytesInbound &+= UInt64(n) }
+        // Shared counters for metrics and `loomctl top`: one relaxed add each.
+        if let pod = conn.pod { (outbound ? pod.stats.bytesOut : pod.stats.bytesIn).add(n) }
+        if conn.countedInService, let runtime = conn.runtime {
+            let counters = runtime.counters[conn.service]
+            if outbound {
+                counters.bytesOut.add(UInt64(n), ordering: .relaxed)
+            } else {
+                counters.bytesIn.add(UInt64(n), ordering: .relaxed)
+            }
+        }
     }
 
     private func give(_ pipe: Pipe, to conn: Connection, _ direction: Direction) {
@@ -290,7 +300,20 @@ extension RelayLoop {
         } else {
             counters.finished += 1
         }
-        conn.pod?.stats.active.subtract(1, ordering: .relaxed)
+        if let pod = conn.pod {
+            pod.stats.active.subtract(1, ordering: .relaxed)
+            pod.stats.closed[reason.code.rawValue].add()
+            if pod.traced.load(ordering: .relaxed) != 0 {
+                var closed = event(conn, .closed, pod: pod)
+                closed.end = reason.code
+                closed.endDetail =
+                    reset && !reason.resets ? "\(reason); bytes left unsent, both sides reset" : "\(reason)"
+                events.push(closed)
+            }
+        }
+        if reset, conn.countedInService, let runtime = conn.runtime {
+            runtime.counters[conn.service].failed.add(1, ordering: .relaxed)
+        }
         conn.pod = nil
         if case .peeking = conn.state.phase { peeking -= 1 }
         if let runtime = conn.runtime {
@@ -304,6 +327,7 @@ extension RelayLoop {
         conn.service = -1
         conn.servicePort = -1
         conn.endpoint = -1
+        conn.route = -1
         conn.tried.removeAll()
         conn.client.close()
         if conn.upstream.rawValue >= 0 { conn.upstream.close() }
@@ -339,5 +363,31 @@ extension RelayLoop {
             }
         }
         if acceptPausedForLimit { updateAcceptState() }
+    }
+}
+
+extension RelayLoop {
+    /// A trace event describing `conn` now.
+    func event(_ conn: Connection, _ kind: RelayEvent.Kind, pod: PodContext) -> RelayEvent {
+        var event = RelayEvent(
+            kind: kind,
+            pod: pod,
+            capture: conn.capture,
+            client: conn.clientAddress.address,
+            destination: conn.destination.address,
+            openedAtMs: conn.openedAt,
+            atMs: now
+        )
+        if conn.upstream.rawValue >= 0 || conn.connectMicros >= 0 { event.upstream = conn.upstreamTarget.address }
+        event.runtime = conn.runtime
+        event.serviceRef = conn.runtime == nil ? -1 : conn.ref.service
+        event.portRef = conn.runtime == nil ? -1 : conn.ref.port
+        event.route = conn.route
+        event.service = conn.service
+        event.endpoint = conn.endpoint
+        event.bytesOut = conn.state.outbound.bytesRelayed
+        event.bytesIn = conn.state.inbound.bytesRelayed
+        event.connectMicros = conn.connectMicros
+        return event
     }
 }

@@ -33,6 +33,7 @@ extension RelayLoop {
                 )
             }
             if refuse {
+                metrics.decided(.malformed)
                 close(conn, reason: .malformedRequest)
             } else {
                 route(conn, outcome: .opaque)
@@ -60,16 +61,19 @@ extension RelayLoop {
         }
         conn.service = target.service
         conn.servicePort = target.port
+        conn.route = target.route ?? -1
         let service = runtime.snapshot.services[target.service]
         let counters = runtime.counters[target.service]
         if let max = service.policy.maxConnections, counters.active.load(ordering: .relaxed) >= max {
             counters.rejected.add(1, ordering: .relaxed)
+            metrics.decided(.circuitOpen)
             close(conn, reason: .circuitOpen)
             return
         }
         counters.active.add(1, ordering: .relaxed)
         counters.total.add(1, ordering: .relaxed)
         conn.countedInService = true
+        metrics.decided(.service)
         conn.connectTimeoutMs = service.policy.connectTimeoutMs
         conn.retriesLeft = service.policy.retries
         connectToEndpoint(conn)
@@ -88,6 +92,7 @@ extension RelayLoop {
             picked = runtime.snapshot.services[conn.service].endpoints.indices.first { !conn.tried.contains($0) }
         }
         guard let endpoint = picked else {
+            metrics.decided(.noEndpoint)
             close(conn, reason: .noEndpoint)
             return
         }
@@ -105,6 +110,7 @@ extension RelayLoop {
     /// marked so the pod's rules let it pass, and starts a non-blocking connect.
     func connectUpstream(_ conn: Connection, to target: UpstreamAddress) {
         conn.upstreamTarget = target
+        conn.connectStartedMicros = SystemProcess.nowMicroseconds()
         do {
             if let pod = conn.pod, currentPod != pod.id {
                 // The thread stays in this pod's netns until another pod needs it.
@@ -127,6 +133,11 @@ extension RelayLoop {
     /// The upstream connect completed.
     func upstreamConnected(_ conn: Connection) {
         conn.state.connected(now: now)
+        conn.connectMicros = SystemProcess.nowMicroseconds() - conn.connectStartedMicros
+        metrics.connectLatency.observe(micros: conn.connectMicros)
+        if let pod = conn.pod, pod.traced.load(ordering: .relaxed) != 0 {
+            events.push(event(conn, .opened, pod: pod))
+        }
         if conn.endpoint >= 0, conn.runtime === routing.runtime {
             routing.opened(service: conn.service, endpoint: conn.endpoint)
         }

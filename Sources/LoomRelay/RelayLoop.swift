@@ -18,6 +18,10 @@ public final class RelayLoop: @unchecked Sendable {
     public let id: Int
     /// Published counters, readable from any thread.
     public let stats = LoopStats()
+    /// Connect latency and routing decisions, readable from any thread.
+    public let metrics = RelayMetrics()
+    /// Connection events of traced pods, for the trace hub.
+    public let events = RelayEventQueue()
     let config: RelayConfiguration
     /// Where mesh snapshots are published; `routing` is this loop's state for the last one.
     let mesh: MeshPublisher

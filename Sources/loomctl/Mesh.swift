@@ -76,6 +76,11 @@ struct Explain: ParsableCommand {
     @Option(name: .long, help: "HTTP Host the client would send.") var host: String?
     @Option(name: .long, help: "HTTP path the client would request.") var path: String?
     @Option(name: .long, help: "HTTP header NAME:VALUE the client would send (repeatable).") var header: [String] = []
+    @Flag(
+        name: .long,
+        help: "With --netns: the connection comes into the pod (its inbound rules) instead of leaving it."
+    )
+    var inbound = false
     @Flag(name: .long, help: "Print the answer as JSON.") var json = false
     @OptionGroup var admin: AdminOptions
 
@@ -101,6 +106,10 @@ struct Explain: ParsableCommand {
         request.host = host
         request.path = path
         request.headers = headers.isEmpty ? nil : headers
+        if inbound {
+            guard netns != nil else { throw LoomdError(description: "--inbound needs --netns (the pod it comes into)") }
+            request.inbound = true
+        }
         let answer = try admin.request(request.line())
         let reply = try AdminReply.parse(answer)
         if let error = reply.error { throw LoomdError(description: error) }
@@ -110,6 +119,21 @@ struct Explain: ParsableCommand {
         }
         guard let e = reply.explanation else { throw LoomdError(description: "loomd gave no explanation: \(answer)") }
         print("destination  \(e.destination)")
+        if let k = reply.kernel {
+            let how = k.port.map { "redirected to :\($0)" } ?? "bypassed"
+            print(
+                "kernel       \(how) by \(k.nft.isEmpty ? k.rule : "rule \"\(k.rule)\" (chain \(k.chain): \(k.nft))")"
+            )
+            print(
+                "             table inet loom \(k.tableInKernel ? "is in the pod's netns" : "is NOT in the pod's netns")\(k.generation.map { " (loomd applied generation \($0))" } ?? "")"
+            )
+            if let note = k.note { print("             \(note)") }
+            if k.port == nil && !inbound {
+                print(
+                    "             (bypassed: the connection goes straight to its destination; Loom's routing below does not apply)"
+                )
+            }
+        }
         if let service = e.service {
             print(
                 "service      \(service) port \(e.servicePort ?? 0) (\(e.appProtocol ?? "?"))\(e.peeks ? ", peeks at the first bytes" : "")"

@@ -84,6 +84,27 @@ struct Loomd: ParsableCommand {
     @Option(name: .long, help: "Admin API Unix socket.")
     var adminSocket: String = "/run/loom/admin.sock"
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Serve Prometheus metrics (GET /metrics) over HTTP on this address, e.g. 127.0.0.1:15090. Default: off.",
+            valueName: "host:port"
+        )
+    )
+    var metricsAddress: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Where access-log lines go (one JSON line per connection of namespaces with accessLog: true); - is standard output.",
+            valueName: "path"
+        )
+    )
+    var accessLog: String = "-"
+
+    @Option(name: .long, help: "Trace records queued per tracer; a tracer that falls further behind loses some.")
+    var traceBuffer: Int = 4096
+
     @Option(name: .long, help: "On SIGTERM, seconds to let connections finish before resetting them.")
     var drainTimeout: Double = 5
 
@@ -119,6 +140,15 @@ struct Loomd: ParsableCommand {
         if outboundPort == inboundPort || outboundPort == 0 || inboundPort == 0 {
             throw ValidationError("--outbound-port and --inbound-port must be two different ports")
         }
+        if traceBuffer < 1 || traceBuffer > 1_000_000 {
+            throw ValidationError("--trace-buffer must be between 1 and 1000000 records")
+        }
+        if accessLog.isEmpty { throw ValidationError("--access-log must be a file path, or - for standard output") }
+        if let metricsAddress, MetricsAddress(parsing: metricsAddress) == nil {
+            throw ValidationError(
+                "--metrics-address must be HOST:PORT, such as 127.0.0.1:15090 or [::1]:15090 (got '\(metricsAddress)')"
+            )
+        }
     }
 
     func run() throws {
@@ -141,24 +171,25 @@ struct Loomd: ParsableCommand {
             busyPollMicroseconds: busyPoll,
             peekTimeoutMs: Int64(peekTimeout * 1000)
         )
-        let daemon = Daemon(
-            settings: DaemonSettings(
-                relay: relay,
-                intercept: InterceptSettings(
-                    outboundPort: outboundPort,
-                    inboundPort: inboundPort,
-                    mark: relay.socketMark,
-                    heartbeatSeconds: heartbeat
-                ),
-                configPath: config,
-                netns: netns,
-                stateDirectory: stateDir,
-                adminSocket: adminSocket,
-                drainTimeoutMs: Int64(drainTimeout * 1000),
-                pipePages: pipePages
+        var settings = DaemonSettings(
+            relay: relay,
+            intercept: InterceptSettings(
+                outboundPort: outboundPort,
+                inboundPort: inboundPort,
+                mark: relay.socketMark,
+                heartbeatSeconds: heartbeat
             ),
-            logger: logger
+            configPath: config,
+            netns: netns,
+            stateDirectory: stateDir,
+            adminSocket: adminSocket,
+            drainTimeoutMs: Int64(drainTimeout * 1000),
+            pipePages: pipePages,
+            metricsAddress: metricsAddress.flatMap(MetricsAddress.init(parsing:))
         )
+        settings.accessLog = accessLog
+        settings.traceBuffer = traceBuffer
+        let daemon = Daemon(settings: settings, logger: logger)
         do {
             try daemon.start()
         } catch {

@@ -4,6 +4,8 @@
                                  peer address the server sees), then close
   peer.py ask HOST PORT [T]      connect, print the server's line; exit 2 if
                                  refused or reset, 3 on timeout, 4 otherwise
+  peer.py many HOST PORT N       N connections one after another; prints how many
+                                 got an answer, then the seconds taken
 """
 
 import selectors
@@ -61,8 +63,30 @@ def ask(host, port, timeout):
         return 4
 
 
+def many(host, port, n):
+    import time
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    ok = 0
+    t0 = time.monotonic()
+    for _ in range(n):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(5)
+        try:
+            s.connect((host, port))
+            if s.recv(256):
+                ok += 1
+        except OSError:
+            pass
+        finally:
+            s.close()
+    print(ok, "%.3f" % (time.monotonic() - t0))
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve([int(p) for p in sys.argv[2:]])
+    elif sys.argv[1] == "many":
+        sys.exit(many(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
     else:
         sys.exit(ask(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 3.0))

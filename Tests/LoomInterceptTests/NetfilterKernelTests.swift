@@ -9,8 +9,8 @@ import Testing
 
 @testable import LoomIntercept
 
-private let tools = (ip: executable("ip"), nft: executable("nft"))
-private let canRun = getuid() == 0 && tools.ip != nil && tools.nft != nil
+let tools = (ip: executable("ip"), nft: executable("nft"))
+let canRun = getuid() == 0 && tools.ip != nil && tools.nft != nil
 
 @Suite(
     .serialized,
@@ -148,15 +148,39 @@ struct NetfilterKernelTests {
     }
 }
 
-/// A network namespace for one test, deleted when it ends.
+/// A network namespace for one test, deleted when it ends. Its name is the suite's prefix
+/// and this process's PID, so that suites running side by side (and other runs) never share one.
 struct ScratchNamespace {
-    let name = "ltnft\(getpid())"
+    let name: String
 
-    static func with(_ body: (ScratchNamespace) throws -> Void) throws {
-        let ns = ScratchNamespace()
+    static func with(prefix: String = "ltnft", _ body: (ScratchNamespace) throws -> Void) throws {
+        let ns = ScratchNamespace(name: "\(prefix)\(getpid())")
         try command([tools.ip!, "netns", "add", ns.name])
         defer { _ = try? command([tools.ip!, "netns", "delete", ns.name]) }
         try body(ns)
+    }
+
+    @discardableResult
+    func ip(_ arguments: String...) throws -> String {
+        try command([tools.ip!, "-n", name] + arguments)
+    }
+
+    /// Runs `body` on a thread of its own that has entered this namespace, and returns its
+    /// result (the test's own thread never changes namespace).
+    func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
+        let result = Mutex<Result<T, any Error>?>(nil)
+        let name = self.name
+        let thread = try SystemThread.spawn(name: "ltns") {
+            let outcome = Result { () throws -> T in
+                let netns = try NetworkNamespace.open(name)
+                defer { netns.fd.close() }
+                try netns.enter()
+                return try body()
+            }
+            result.withLock { $0 = outcome }
+        }
+        thread.join()
+        return try result.withLock { $0! }.get()
     }
 
     @discardableResult
@@ -166,19 +190,7 @@ struct ScratchNamespace {
 
     /// A socket opened by a thread that entered this namespace (and then ends).
     func socket() throws -> NetfilterSocket {
-        let result = Mutex<Result<NetfilterSocket, any Error>?>(nil)
-        let name = self.name
-        let thread = try SystemThread.spawn(name: "ltnft") {
-            let outcome = Result { () throws -> NetfilterSocket in
-                let netns = try NetworkNamespace.open(name)
-                defer { netns.fd.close() }
-                try netns.enter()
-                return try NetfilterSocket()
-            }
-            result.withLock { $0 = outcome }
-        }
-        thread.join()
-        return try result.withLock { $0! }.get()
+        try run { try NetfilterSocket() }
     }
 }
 
@@ -189,6 +201,15 @@ struct CommandError: Error, CustomStringConvertible {
 /// Runs a program; its standard output, or an error with its standard error.
 @discardableResult
 func command(_ arguments: [String], input: String? = nil) throws -> String {
+    let (status, text, failure) = try runProgram(arguments, input: input)
+    guard status == 0 else {
+        throw CommandError(description: "\(arguments.joined(separator: " ")): \(failure)")
+    }
+    return text
+}
+
+/// Runs a program: its exit status, standard output and standard error.
+func runProgram(_ arguments: [String], input: String? = nil) throws -> (status: Int32, output: String, errors: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: arguments[0])
     process.arguments = Array(arguments.dropFirst())
@@ -204,13 +225,10 @@ func command(_ arguments: [String], input: String? = nil) throws -> String {
     let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     let failure = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     process.waitUntilExit()
-    guard process.terminationStatus == 0 else {
-        throw CommandError(description: "\(arguments.joined(separator: " ")): \(failure)")
-    }
-    return text
+    return (process.terminationStatus, text, failure)
 }
 
-private func executable(_ name: String) -> String? {
+func executable(_ name: String) -> String? {
     ["/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"].map { $0 + name }.first {
         FileManager.default.isExecutableFile(atPath: $0)
     }

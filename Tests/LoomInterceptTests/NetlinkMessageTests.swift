@@ -24,7 +24,7 @@ import Testing
             ]
         )
         #expect(messages[2] == .addTable(comment: "managed by loomd"))
-        #expect(messages[3] == .addChain(name: "output", hook: "output", priority: -100))
+        #expect(messages[3] == .addChain(name: "output", type: .nat, hook: "output", priority: -100))
         #expect(RulePlan.removalMessages == [.addTable(comment: nil), .deleteTable])
     }
 

@@ -22,12 +22,15 @@ static const uint32_t CLOOM_NFT_META_MARK = 3, CLOOM_NFT_META_IIFNAME = 6, CLOOM
                       CLOOM_NFT_META_NFPROTO = 15, CLOOM_NFT_META_L4PROTO = 16;
 static const uint32_t CLOOM_NFT_SET_ANONYMOUS = 0x1, CLOOM_NFT_SET_CONSTANT = 0x2, CLOOM_NFT_SET_TIMEOUT = 0x10;
 static const int32_t CLOOM_NFT_RETURN = -5;
+/// `queue flags bypass`: with nobody reading the queue, the packet is accepted, not dropped.
+static const uint16_t CLOOM_NFT_QUEUE_FLAG_BYPASS = 0x1;
 
 /// errno values LoomIntercept names in its messages (so it needs no Glibc import).
 static const int CLOOM_NFT_EPERM = EPERM;
 static const int CLOOM_NFT_ENOENT = ENOENT;
 static const int CLOOM_NFT_EBADF = EBADF;
 static const int CLOOM_NFT_ENOMEM = ENOMEM;
+static const int CLOOM_NFT_EBUSY = EBUSY;
 static const int CLOOM_NFT_EOPNOTSUPP = EOPNOTSUPP;
 static const int CLOOM_NFT_EPROTONOSUPPORT = EPROTONOSUPPORT;
 static const int CLOOM_NFT_EAFNOSUPPORT = EAFNOSUPPORT;
@@ -95,6 +98,15 @@ int cloom_nft_expr_verdict(cloom_nft_rule *rule, int32_t verdict);
 int cloom_nft_expr_immediate(cloom_nft_rule *rule, uint32_t dreg, const uint8_t *data, uint32_t len);
 /// [ redir proto_min reg REG flags 0x2 ]: to the port in REG (NF_NAT_RANGE_PROTO_SPECIFIED).
 int cloom_nft_expr_redir(cloom_nft_rule *rule, uint32_t proto_min_reg);
+/// [ queue num NUM FLAGS ]: nf_tables' own queue statement (kernel module nft_queue).
+int cloom_nft_expr_queue(cloom_nft_rule *rule, uint16_t num, uint16_t flags);
+/// [ target name NFQUEUE rev 3 ]: the xtables NFQUEUE target through nft_compat (what
+/// iptables-nft sends), for kernels built without nft_queue. `flags` as for the queue
+/// statement (the bypass bit is the same).
+int cloom_nft_expr_xt_queue(cloom_nft_rule *rule, uint16_t num, uint16_t flags);
+/// The rule's expressions as libnftnl prints them, `nft --debug=netlink`'s form (for tests).
+/// The length the full text needs, or -errno; the text is cut to fit `cap`.
+int cloom_nft_rule_describe(const cloom_nft_rule *rule, char *buf, size_t cap);
 
 /// Sends the batch (BEGIN, messages, END) in one sendmsg, every message with NLM_F_ACK,
 /// and reads all acknowledgements. 0, or the first error as -errno with *failed_index
@@ -106,3 +118,74 @@ int cloom_nft_batch_send(cloom_nft_socket *sock, cloom_nft_batch *batch, uint32_
 int cloom_nft_get_table(
     cloom_nft_socket *sock, uint32_t seq, uint16_t family, const char *table, char *comment, size_t comment_cap,
     int *has_comment);
+
+// ---- NFQUEUE (`loomctl trace`) ----
+// A netlink socket bound to one nfnetlink_queue queue: packets a rule queued come in as
+// messages, and each must be given a verdict. Which verdict, and what a packet means, is
+// decided in Swift (LoomIntercept: TraceQueue.swift).
+
+/// Netfilter verdicts (checked against <linux/netfilter.h> in queue.c).
+static const uint32_t CLOOM_NF_DROP = 0, CLOOM_NF_ACCEPT = 1;
+/// NFQA_CFG_F_FAIL_OPEN: when the queue is full (or the socket cannot take the message),
+/// the kernel accepts the packet instead of dropping it.
+static const uint32_t CLOOM_NFQA_CFG_F_FAIL_OPEN = 0x1;
+
+/// The most bytes of a packet a queued packet holds: room for an IPv4 or IPv6 header and
+/// a TCP header with options.
+#define CLOOM_NFT_QUEUE_MAX_COPY 128
+
+/// An NFQUEUE socket (an mnl_socket and the queue it is bound to).
+typedef struct cloom_nft_queue cloom_nft_queue;
+
+/// One packet read from a queue: the kernel's metadata and the first bytes of the packet
+/// (from the network header on).
+typedef struct cloom_nft_queued_packet {
+    /// The kernel's id for the verdict.
+    uint32_t id;
+    /// The skb mark (0 when the kernel sent none: it sends it only when not 0).
+    uint32_t mark;
+    /// Interface indexes (0: none, e.g. no input interface on the output hook).
+    uint32_t in_interface, out_interface;
+    /// Ethernet protocol of the packet (0x0800 IPv4, 0x86dd IPv6), host byte order.
+    uint16_t hw_protocol;
+    /// The netfilter hook that queued it (CLOOM_NF_INET_*).
+    uint8_t hook;
+    uint8_t reserved;
+    /// How many bytes of `bytes` hold the packet.
+    uint32_t length;
+    uint8_t bytes[CLOOM_NFT_QUEUE_MAX_COPY];
+} cloom_nft_queued_packet;
+
+/// What one receive call saw besides the packets it stored.
+typedef struct cloom_nft_queue_counts {
+    /// Packet messages read (stored or not); every one with an id was given its verdict.
+    uint32_t read;
+    /// Read and given their verdict, but not stored: no room left, or no packet header.
+    uint32_t unstored;
+    /// Packets that could not be given a verdict: no id in the message, or the verdict
+    /// could not be sent. They stay queued until the socket closes.
+    uint32_t unanswered;
+    /// Error messages the kernel sent back (a verdict it refused), and the last one (-errno).
+    uint32_t errors;
+    int last_error;
+    /// Times the socket reported lost messages (ENOBUFS).
+    uint32_t overruns;
+} cloom_nft_queue_counts;
+
+/// Opens a non-blocking NETLINK_NETFILTER socket in the calling thread's network namespace
+/// and binds queue `num` in one config message: copy mode packet with `copy_range` bytes
+/// (at most CLOOM_NFT_QUEUE_MAX_COPY), and the NFQA_CFG_F_* `flags`. Packets that arrive
+/// before the kernel acknowledges are given `verdict`. NULL with *err = -errno on failure
+/// (-EPERM: another socket holds the queue, or no CAP_NET_ADMIN in the namespace).
+cloom_nft_queue *cloom_nft_queue_open(uint16_t num, uint32_t copy_range, uint32_t flags, uint32_t verdict, int *err);
+/// The socket's descriptor, for epoll (owned by the queue: do not close it).
+int cloom_nft_queue_fd(const cloom_nft_queue *queue);
+/// Closes the socket; the kernel unbinds the queue (and drops what is still queued).
+void cloom_nft_queue_close(cloom_nft_queue *queue);
+/// Reads what is queued without blocking, until nothing is left or `cap` packets are stored
+/// in `packets` (NULL: until nothing is left, storing nothing), and gives every packet it
+/// read `verdict` before returning, stored or not.
+/// The number stored, or -errno if reading failed (verdicts for what was read are still sent).
+int cloom_nft_queue_receive(
+    cloom_nft_queue *queue, uint32_t verdict, cloom_nft_queued_packet *packets, uint32_t cap,
+    cloom_nft_queue_counts *counts);
