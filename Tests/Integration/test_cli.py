@@ -28,6 +28,9 @@ def run(*cmd):
     ("loomctl", ["explain", "--help"], "loomctl-explain-help.txt"),
     ("loomctl", ["reload", "--help"], "loomctl-reload-help.txt"),
     ("loomctl", ["config", "validate", "--help"], "loomctl-config-validate-help.txt"),
+    ("loomctl", ["trace", "--help"], "loomctl-trace-help.txt"),
+    ("loomctl", ["top", "--help"], "loomctl-top-help.txt"),
+    ("loomctl", ["metrics", "--help"], "loomctl-metrics-help.txt"),
 ])
 def test_help_text(tool, args, golden):
     binary = harness.loomd_path() if tool == "loomd" else harness.loomctl_path()
