@@ -419,3 +419,88 @@ def test_admin_api_is_root_only(node):
     finally:
         for d, mode in zip(dirs, modes):
             os.chmod(d, mode)
+
+
+def test_trace_names_service_route_endpoint_and_inbound(workdir, pod, topo):
+    """A service VIP with a route to another service: the record names the service, the
+    route, the service it sent the connection to, and the endpoint. An inbound
+    connection to an app in the pod is decided by the prerouting chain (15006)."""
+    ns, a4, _ = pod("Tj")
+    config = os.path.join(workdir, "trace-svc-%s.yaml" % ns)
+    with open(config, "w") as f:
+        f.write("""namespaces:
+  shop: {intercept: true}
+pods:
+  - {netns: %s, namespace: shop}
+services:
+  - name: web
+    namespace: shop
+    vips: [10.96.0.50]
+    ports: [{port: 80}]
+    endpoints: [{address: 10.255.255.1, port: 9}]
+    routes:
+      - {name: all-to-b, port: 80, to: [{service: web-b}]}
+  - name: web-b
+    namespace: shop
+    ports: [{port: 80}]
+    endpoints: [{address: %s, port: %d}]
+""" % (ns, S_V4, PORT))
+    ld = harness.Loomd(None, workdir, ["--loops", "1", "--config", config]).start()
+    app = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, PEER, "serve", "8080"],
+                           stdout=subprocess.PIPE, text=True)
+    harness._live_procs.append(app)
+    tracer = None
+    try:
+        assert app.stdout.readline().strip() == "serving"
+        tracer = Tracer(ld, "--namespace", "shop", "--service", "web")
+        wait_for(lambda: "queue" in trace_table(ns), what="the trace table")
+        code, answer = ask(ns, "10.96.0.50", 80)
+        assert code == 0, answer
+        r = tracer.read_until(lambda r: r["event"] == "close")
+        assert r["service"] == "shop/web" and r["route"] == "all-to-b" and r["target"] == "shop/web-b", r
+        assert r["endpoint"] == "%s:%d" % (S_V4, PORT) and r["destination"] == "10.96.0.50:80", r
+        assert r["kernel"]["verdict"] == "redirected" and r["end"] == "fin", r
+        tracer.stop()
+        tracer = Tracer(ld, "--netns", ns, "--port", "8080")
+        wait_for(lambda: "queue" in trace_table(ns), what="the trace table (inbound)")
+        time.sleep(0.2)
+        code, answer = ask(topo.server, a4, 8080)
+        assert code == 0, answer
+        r = tracer.read_until(lambda r: r["event"] == "close")
+        assert r["direction"] == "inbound" and r["client"].startswith(S_V4 + ":"), r
+        assert r["kernel"] == {"chain": "prerouting", "nft": r["kernel"]["nft"], "port": 15006,
+                               "rule": "inbound capture", "verdict": "redirected"}, r
+        assert r["destination"] == "%s:8080" % a4 and r["end"] == "fin", r
+    finally:
+        if tracer:
+            tracer.stop()
+        harness._stop_proc(app)
+        ld.ctl("uninstall", check=False)
+        ld.stop()
+
+
+def test_explain_answers_from_the_pods_rules(node, pod):
+    """explain --netns: redirected or bypassed and by which rule, from the table loomd
+    applied, after checking it is in the pod's netns (a table deleted by hand shows)."""
+    ns, a4, _ = pod("Tk")
+    node.ctl("pod", "add", "--netns", ns)
+    def kernel(*args):
+        return json.loads(node.ctl("explain", "--netns", ns, *args, "--json").stdout)["kernel"]
+    k = kernel("--to", "%s:%d" % (S_V4, EXCLUDED_PORT))
+    assert k["verdict"] == "bypassed" and k["rule"] == "not intercepted" and not k["tableInKernel"], k
+    node.ctl("enable", "--netns", ns, "--exclude-outbound-ports", str(EXCLUDED_PORT))
+    k = kernel("--to", "%s:%d" % (S_V4, EXCLUDED_PORT))
+    assert k["verdict"] == "bypassed" and k["rule"] == "excluded outbound port", k
+    assert "tcp dport %d" % EXCLUDED_PORT in k["nft"] and k["tableInKernel"], k
+    k = kernel("--to", "%s:%d" % (S_V4, PORT))
+    assert k["verdict"] == "redirected" and k["port"] == 15001 and k["rule"] == "outbound capture", k
+    k = kernel("--to", "127.0.0.1:%d" % PORT)
+    assert k["verdict"] == "bypassed" and k["rule"] == "loopback", k
+    k = kernel("--to", "%s:8080" % a4, "--inbound")
+    assert k["verdict"] == "redirected" and k["port"] == 15006 and k["chain"] == "prerouting", k
+    out = node.ctl("explain", "--netns", ns, "--to", "%s:%d" % (S_V4, EXCLUDED_PORT)).stdout
+    assert 'bypassed by rule "excluded outbound port"' in out, out
+    # Someone deletes Loom's table by hand: explain says so instead of trusting its plan.
+    ns_exec(ns, "nft", "delete", "table", "inet", "loom")
+    k = kernel("--to", "%s:%d" % (S_V4, PORT))
+    assert k["verdict"] == "bypassed" and not k["tableInKernel"] and "removed by hand" in k["note"], k
