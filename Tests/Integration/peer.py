@@ -4,8 +4,9 @@
                                  peer address the server sees), then close
   peer.py ask HOST PORT [T]      connect, print the server's line; exit 2 if
                                  refused or reset, 3 on timeout, 4 otherwise
-  peer.py many HOST PORT N       N connections one after another; prints how many
-                                 got an answer, then the seconds taken
+  peer.py many HOST PORT N [R]   N connections one after another (at most R per
+                                 second if given); prints how many got an answer,
+                                 then the seconds taken
 """
 
 import selectors
@@ -63,12 +64,16 @@ def ask(host, port, timeout):
         return 4
 
 
-def many(host, port, n):
+def many(host, port, n, rate=0.0):
     import time
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     ok = 0
     t0 = time.monotonic()
-    for _ in range(n):
+    for i in range(n):
+        if rate > 0:
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
         s = socket.socket(family, socket.SOCK_STREAM)
         s.settimeout(5)
         try:
@@ -87,6 +92,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve([int(p) for p in sys.argv[2:]])
     elif sys.argv[1] == "many":
-        sys.exit(many(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+        sys.exit(many(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                      float(sys.argv[5]) if len(sys.argv) > 5 else 0.0))
     else:
         sys.exit(ask(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 3.0))
