@@ -53,8 +53,17 @@ ctl enable --namespace demo
 echo "== the table loomd installed in pod ${pfx}c (ip netns exec ${pfx}c nft list table inet loom)"
 ip netns exec "${pfx}c" nft list table inet loom
 
+echo "== loomctl trace --netns ${pfx}c (in the background) while the pod connects"
+ctl trace --netns "${pfx}c" --count 3 --duration 15 > "$work/trace.txt" 2>&1 &
+tracer=$!
+for _ in $(seq 50); do ip netns exec "${pfx}c" nft list table inet loom_trace >/dev/null 2>&1 && break; sleep 0.1; done
 echo "== curl from the client pod to http://10.77.2.2:8080/ (intercepted by nf_tables, relayed by Loom)"
 ip netns exec "${pfx}c" curl -sS --max-time 5 http://10.77.2.2:8080/
+echo "== a connection from the pod to its own loopback (the kernel lets it bypass Loom)"
+ip netns exec "${pfx}c" bash -c '</dev/tcp/127.0.0.1/9' 2>/dev/null || true
+wait "$tracer" || true
+echo "== what the trace printed (kernel decision, then Loom's record)"
+cat "$work/trace.txt"
 echo "== loomctl status"
 ctl status
 relayed=$(ctl status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["connections"]["accepted"])')

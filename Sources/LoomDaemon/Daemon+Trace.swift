@@ -7,8 +7,9 @@ import LoomSystem
 import LoomTrace
 import Synchronization
 
-/// A trace scope as asked for: the pods to cover are resolved again every tick when it
-/// names a namespace (or nothing: every intercepted pod).
+/// A trace scope as asked for: the pods it covers are resolved again every tick, so a
+/// namespace-wide trace (or one of every pod) takes in pods enabled later, and a pod's
+/// trace follows it through disable and enable.
 struct TraceScope: Sendable {
     var namespace: String?
     var netns: String?
@@ -113,8 +114,9 @@ extension Daemon {
     /// enabled, disabled or deleted since.
     func refreshTraceScopes() {
         guard let hub = traceHub, let controller else { return }
-        for (subscription, scope) in traces.withLock({ Array($0.values) }) where scope.netns == nil {
-            let pods = (try? controller.tracePods(namespace: scope.namespace, netns: nil)) ?? []
+        for (subscription, scope) in traces.withLock({ Array($0.values) }) {
+            // A pod disabled and enabled again has a new context: the trace follows it.
+            let pods = (try? controller.tracePods(namespace: scope.namespace, netns: scope.netns)) ?? []
             let (start, stop) = hub.updatePods(subscription, pods: pods)
             for pod in stop { controller.stopKernelTrace(pod) }
             for pod in start { _ = controller.startKernelTrace(pod) }

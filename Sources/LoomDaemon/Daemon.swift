@@ -34,6 +34,11 @@ public struct DaemonSettings: Sendable {
     public var accessLog: String = "-"
     /// Trace records queued per tracer before it loses some (it is told how many).
     public var traceBuffer: Int = 4096
+    /// Once set up, keep only the capabilities the steady state needs (`--keep-capabilities`: all).
+    public var dropCapabilities: Bool = true
+    /// If another loomd holds the state directory, take its listeners over (hitless
+    /// upgrade) instead of refusing to start.
+    public var takeover = false
 
     public init(
         relay: RelayConfiguration,
@@ -78,11 +83,18 @@ public final class Daemon: @unchecked Sendable {
     public let settings: DaemonSettings
     public private(set) var loops: [RelayLoop] = []
     public private(set) var budget: ResourceBudget?
-    private var admin: AdminServer?
+    var admin: AdminServer?
     private(set) var controller: InterceptionController?
-    private var ticker: SystemThread?
-    private let stopping = Atomic<Bool>(false)
-    private var lockFile: FileDescriptor?
+    var ticker: SystemThread?
+    let stopping = Atomic<Bool>(false)
+    /// The ticker stops (shutdown, or a hand-over to a new loomd).
+    let tickerStop = Atomic<Bool>(false)
+    /// Listeners and lock went to a new loomd: drain and exit.
+    let handedOver = Atomic<Bool>(false)
+    /// Where a new loomd asks for a takeover, and the thread serving it.
+    var upgradeSocket: PacketSocket?
+    var upgradeThread: SystemThread?
+    var lockFile: FileDescriptor?
     /// Mesh snapshots for the loops.
     public let mesh = MeshPublisher()
     /// Serialises reloads (signal, admin command, file watcher).
@@ -91,6 +103,8 @@ public final class Daemon: @unchecked Sendable {
     private var configStamp: FileStamp?
     /// Joins kernel verdicts and relay events for tracers and access logs.
     private(set) var traceHub: TraceHub?
+    /// What the loomd this one replaces handed over (until acknowledged).
+    private var handOff: HandOff?
     /// Live traces and their scopes; access logs by namespace.
     let traces = Mutex<[Int: (TraceSubscription, TraceScope)]>([:])
     let accessLogs = Mutex<[String: TraceSubscription]>([:])
@@ -115,8 +129,14 @@ public final class Daemon: @unchecked Sendable {
             let lockPath = dir + "/loomd.lock"
             do {
                 lockFile = try SystemProcess.lockFile(lockPath)
+                if settings.takeover { logger.notice("--takeover: no loomd runs on \(dir); starting fresh") }
             } catch {
-                throw DaemonLockError(path: lockPath, error: error)
+                guard settings.takeover, error.errno == EWOULDBLOCK else {
+                    throw DaemonLockError(path: lockPath, error: error)
+                }
+                let handOff = try HandOff.request(path: dir + "/upgrade.sock", logger: logger)
+                lockFile = handOff.lock
+                self.handOff = handOff
             }
             statePath = dir + "/state.json"
             if let data = FileManager.default.contents(atPath: dir + "/state.json") {
@@ -171,12 +191,11 @@ public final class Daemon: @unchecked Sendable {
 
         // The admin socket first: a loomd that would orphan a live one's socket must stop
         // before it touches any pod.
-        admin = try AdminServer(
-            path: settings.adminSocket,
-            metricsAddress: settings.metricsAddress.map { ($0.host, $0.port) },
-            logger: logger
-        ) { [weak self] request in
-            self?.route(request) ?? .error(503, "loomd is shutting down")
+        do {
+            admin = try makeAdminServer()
+        } catch {
+            handOff.map { h in for l in h.pods.values.joined() { l.fd.close() } }
+            throw error
         }
         let home = try NetworkNamespace.current()
         let perLoopConnections = max(1, (budget.maxConnections + relay.loops - 1) / relay.loops)
@@ -215,6 +234,10 @@ public final class Daemon: @unchecked Sendable {
                 logger: logger
             )
             controller.traceHub = hub
+            if let handOff {
+                let adopted = controller.adopt(handOff.pods)
+                logger.notice("takeover: adopted \(adopted) listener(s); re-applying tables in place")
+            }
             controller.start()
             self.controller = controller
             if let meshConfig { syncAccessLogs(meshConfig) }
@@ -223,14 +246,14 @@ public final class Daemon: @unchecked Sendable {
             if let failed = controller.podStatuses().first(where: { named.contains($0.netns) && $0.error != nil }) {
                 throw PodError(netns: failed.netns, message: failed.error ?? "")
             }
-            ticker = try SystemThread.spawn(name: "loom-ticker") { [weak self] in
-                while let self, !self.stopping.load(ordering: .relaxed) {
-                    usleepMilliseconds(1000)
-                    if self.stopping.load(ordering: .relaxed) { break }
-                    self.controller?.tick()
-                    self.reloadIfFileChanged()
-                    self.refreshTraceScopes()
-                }
+            try startTicker()
+            // Least privilege once set up, in every thread: nf_tables, NFQUEUE and SO_MARK
+            // (NET_ADMIN), setns into pods (SYS_ADMIN), /proc/PID/ns/net of processes that
+            // have other capabilities or another user (SYS_PTRACE).
+            if settings.dropCapabilities {
+                let before = Capabilities.current()
+                try Capabilities.restrict(keeping: [.netAdmin, .sysAdmin, .sysPtrace])
+                logger.info("capabilities: \(Capabilities.summary(before: before, after: Capabilities.current()))")
             }
         } catch {
             controller?.shutDown()
@@ -240,6 +263,12 @@ public final class Daemon: @unchecked Sendable {
             admin?.stop()
             throw error
         }
+        if let handOff {
+            // The old loomd stops accepting now; what it has in flight it finishes.
+            handOff.acknowledge(adopted: handOff.pods.values.reduce(0) { $0 + $1.count })
+            self.handOff = nil
+        }
+        if let dir = settings.stateDirectory { startUpgradeServer(path: dir + "/upgrade.sock") }
         let pods = controller?.podStatuses() ?? []
         let intercepted = pods.filter { $0.state == "intercepted" }.count
         for pod in pods where pod.error != nil { logger.error("pod \(pod.netns): \(pod.error!)") }
@@ -255,6 +284,10 @@ public final class Daemon: @unchecked Sendable {
     public func runUntilSignalled() {
         while true {
             let signal = SystemProcess.waitForSignal()
+            if signal == SystemProcess.sigusr1 && handedOver.load(ordering: .relaxed) {
+                finishAfterHandOver()
+                return
+            }
             if signal == SystemProcess.sigterm || signal == SystemProcess.sigint { break }
             if signal == SystemProcess.sighup {
                 _ = reload(trigger: "SIGHUP")
@@ -272,7 +305,9 @@ public final class Daemon: @unchecked Sendable {
         logger.info("stopping: no new connections; draining up to \(settings.drainTimeoutMs) ms")
         ServiceNotify.send("STOPPING=1")
         stopping.store(true, ordering: .relaxed)
+        tickerStop.store(true, ordering: .relaxed)
         ticker?.join()
+        stopUpgradeServer()
         for loop in loops { loop.stopAccepting() }
         let deadline = SystemProcess.nowMilliseconds() + settings.drainTimeoutMs
         while SystemProcess.nowMilliseconds() < deadline && totals().active > 0 {
@@ -295,7 +330,7 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// The admin API's routes. Over TCP only `GET /metrics` gets here.
-    private func route(_ request: AdminHTTPRequest) -> AdminAnswer {
+    func route(_ request: AdminHTTPRequest) -> AdminAnswer {
         switch (request.method, request.path) {
         case ("POST", "/v1/command"): return .response(AdminHTTPResponse(body: answer(request.text.trimmingSpaces())))
         case ("GET", "/v1/status"): return .response(AdminHTTPResponse(body: answer("status")))

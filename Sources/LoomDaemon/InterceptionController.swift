@@ -19,6 +19,8 @@ final class PodRuntime {
     /// The settings of the table in the kernel (nil: no table).
     var applied: InterceptSettings?
     var listeners = 0
+    /// The listening sockets the loops hold for this pod (a takeover hands them over).
+    var listenerSet: [PodListener] = []
     /// The NFQUEUE trace table is installed (a tracer watches this pod).
     var kernelTraced = false
     var changeMs: Double?
@@ -39,7 +41,7 @@ struct PodError: Error, CustomStringConvertible {
 final class InterceptionController: @unchecked Sendable {
     // @unchecked: every mutable field is touched only with `lock` held.
     let lock = NSLock()
-    private let loops: [RelayLoop]
+    let loops: [RelayLoop]
     let base: InterceptSettings
     private let ipv6: Bool
     private let backlog: Int32
@@ -51,6 +53,12 @@ final class InterceptionController: @unchecked Sendable {
     /// generation number is never reused for a different table).
     var generations: [String: Int] = [:]
     private var nextPodID = 1
+
+    /// A pod id not used before in this loomd (with `lock` held).
+    func nextPodIdentifier() -> Int {
+        defer { nextPodID += 1 }
+        return nextPodID
+    }
     /// How long each table change took in the kernel (metrics).
     let programming = LatencyHistogram()
     /// Where kernel trace queues are read (set once by the daemon before `start`).
@@ -301,8 +309,7 @@ final class InterceptionController: @unchecked Sendable {
         if runtime == nil {
             do {
                 let netns = try NetworkNamespace.open(path)
-                let context = PodContext(id: nextPodID, name: path, netns: netns, namespace: pod.namespace)
-                nextPodID += 1
+                let context = PodContext(id: nextPodIdentifier(), name: path, netns: netns, namespace: pod.namespace)
                 runtime = PodRuntime(context: context)
                 runtimes[path] = runtime
             } catch {
@@ -382,6 +389,7 @@ final class InterceptionController: @unchecked Sendable {
         }
         for (loop, listeners) in zip(loops, perLoop) { loop.send(.addListeners(listeners)) }
         runtime.listeners = opened.count
+        runtime.listenerSet = perLoop.flatMap { $0 }
     }
 
     /// Removes the pod's rules, then its listeners; connections in flight go on.
@@ -407,6 +415,7 @@ final class InterceptionController: @unchecked Sendable {
         }
         if !done.wait(timeoutMs: 2000) { logger.warning("pod \(runtime.context.name): a relay loop is slow to let go") }
         runtime.listeners = 0
+        runtime.listenerSet = []
         runtime.netfilter?.close()
         runtime.netfilter = nil
     }

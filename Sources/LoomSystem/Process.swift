@@ -27,6 +27,10 @@ public enum SystemProcess {
     public static let sigterm = SIGTERM
     public static let sigint = SIGINT
     public static let sighup = SIGHUP
+    public static let sigusr1 = SIGUSR1
+
+    /// Sends `signal` to this process (wakes the thread in `waitForSignal`).
+    public static func signalSelf(_ signal: CInt) { _ = kill(getpid(), signal) }
 
     /// Reads a small integer from a /proc or /sys file, e.g. a sysctl.
     public static func readInteger(path: String) -> Int? {

@@ -455,7 +455,7 @@ public final class TraceHub: @unchecked Sendable {
 
     private func emit(_ event: RelayEvent, mayDefer: Bool) {
         let key = JoinKey(pod: event.pod.id, client: event.client, destination: event.destination)
-        var kernel = pending[key]?.verdict
+        let kernel = pending[key]?.verdict
         if kernel == nil, mayDefer, sources[event.pod.id] != nil {
             deferred.append(event)
             return
@@ -463,7 +463,6 @@ public final class TraceHub: @unchecked Sendable {
         if event.kind == .closed {
             pending.removeValue(forKey: key)
         }
-        if kernel == nil, sources[event.pod.id] == nil { kernel = nil }
         var record = TraceRecord(
             event: event.kind == .opened ? "open" : "close",
             time: TraceClock.shared.format(monotonicMs: event.atMs)

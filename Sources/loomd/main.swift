@@ -105,8 +105,22 @@ struct Loomd: ParsableCommand {
     @Option(name: .long, help: "Trace records queued per tracer; a tracer that falls further behind loses some.")
     var traceBuffer: Int = 4096
 
+    @Flag(
+        name: .long,
+        help:
+            "Hitless upgrade: if a loomd runs on this --state-dir, take over its listeners and lock (it finishes its connections within --drain-timeout, then exits)."
+    )
+    var takeover = false
+
     @Option(name: .long, help: "On SIGTERM, seconds to let connections finish before resetting them.")
     var drainTimeout: Double = 5
+
+    @Flag(
+        name: .long,
+        help:
+            "Keep every capability loomd starts with (debugging). By default, once set up, loomd keeps only NET_ADMIN, SYS_ADMIN and SYS_PTRACE."
+    )
+    var keepCapabilities = false
 
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
@@ -189,6 +203,8 @@ struct Loomd: ParsableCommand {
         )
         settings.accessLog = accessLog
         settings.traceBuffer = traceBuffer
+        settings.dropCapabilities = !keepCapabilities
+        settings.takeover = takeover
         let daemon = Daemon(settings: settings, logger: logger)
         do {
             try daemon.start()

@@ -4,6 +4,9 @@
                                  peer address the server sees), then close
   peer.py ask HOST PORT [T]      connect, print the server's line; exit 2 if
                                  refused or reset, 3 on timeout, 4 otherwise
+  peer.py slowserve PORT N RATE  to each connection, N pseudo-random bytes at RATE
+                                 bytes/s, then FIN; prints "serving SHA256"
+  peer.py fetch HOST PORT        read to end; prints the byte count and SHA-256
   peer.py many HOST PORT N [R]   N connections one after another (at most R per
                                  second if given); prints how many got an answer,
                                  then the seconds taken
@@ -64,6 +67,64 @@ def ask(host, port, timeout):
         return 4
 
 
+def payload(n):
+    import random
+    return random.Random(1234).randbytes(n)
+
+
+def slowserve(port, n, rate):
+    import hashlib
+    import threading
+    import time
+    data = payload(n)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(64)
+    print("serving", hashlib.sha256(data).hexdigest(), flush=True)
+
+    def send(c):
+        try:
+            t0 = time.monotonic()
+            chunk = 65536
+            for off in range(0, n, chunk):
+                delay = t0 + off / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                c.sendall(data[off:off + chunk])
+            c.shutdown(socket.SHUT_WR)
+            c.recv(1)
+        except OSError:
+            pass
+        finally:
+            c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=send, args=(c,), daemon=True).start()
+
+
+def fetch(host, port):
+    import hashlib
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(60)
+    h = hashlib.sha256()
+    total = 0
+    try:
+        s.connect((host, port))
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            h.update(b)
+            total += len(b)
+    except OSError as e:
+        print(total, h.hexdigest(), "error: %s" % e)
+        return 2
+    print(total, h.hexdigest())
+    return 0
+
+
 def many(host, port, n, rate=0.0):
     import time
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -91,6 +152,10 @@ def many(host, port, n, rate=0.0):
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve([int(p) for p in sys.argv[2:]])
+    elif sys.argv[1] == "slowserve":
+        slowserve(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    elif sys.argv[1] == "fetch":
+        sys.exit(fetch(sys.argv[2], int(sys.argv[3])))
     elif sys.argv[1] == "many":
         sys.exit(many(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
                       float(sys.argv[5]) if len(sys.argv) > 5 else 0.0))

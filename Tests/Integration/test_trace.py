@@ -83,12 +83,19 @@ class Tracer:
     def read_until(self, pred, timeout=10.0):
         """Reads records until pred(record) holds for one; returns it. Reads the pipe
         unbuffered (select() cannot see lines a buffered reader already took)."""
-        for r in self.records:
-            if pred(r):
-                return r
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        seen = 0
+        while True:
+            while b"\n" in self.pending:
+                line, self.pending = self.pending.split(b"\n", 1)
+                self.records.append(json.loads(line))
+            for r in self.records[seen:]:
+                if pred(r):
+                    return r
+            seen = len(self.records)
+            if time.monotonic() >= deadline:
+                break
             ready, _, _ = select.select([fd], [], [], 0.2)
             if not ready:
                 if self.proc.poll() is not None:
@@ -98,12 +105,6 @@ class Tracer:
             if not chunk:
                 break
             self.pending += chunk
-            while b"\n" in self.pending:
-                line, self.pending = self.pending.split(b"\n", 1)
-                r = json.loads(line)
-                self.records.append(r)
-                if pred(r):
-                    return r
         raise AssertionError("no matching trace record within %ss; got %s\nstderr: %s" % (
             timeout, json.dumps(self.records, indent=1), self.stderr()))
 

@@ -105,6 +105,40 @@ int cloom_wait_signal(void);
 /// Names the calling thread (15 characters at most), as top and ps show it.
 int cloom_set_thread_name(const char *name);
 
+// File descriptor passing (fdpass.c): listeners and the lock handed to a new loomd.
+/// Most descriptors one message carries.
+#define CLOOM_MAX_PASSED_FDS 64
+/// A listening AF_UNIX SOCK_SEQPACKET socket at `path` (replacing a stale file); fd or -errno.
+int cloom_seqpacket_listen(const char *path);
+/// A connected AF_UNIX SOCK_SEQPACKET socket; fd or -errno.
+int cloom_seqpacket_connect(const char *path);
+/// One message: `len` bytes and `nfds` descriptors (SCM_RIGHTS). Bytes sent or -errno.
+int cloom_send_fds(int sock, const void *data, size_t len, const int *fds, int nfds);
+/// One message into `buf`; descriptors (close-on-exec) into `fds`, their count in *nfds.
+/// Bytes received (0: peer closed) or -errno (-EMSGSIZE: truncated; nothing kept).
+int cloom_recv_fds(int sock, void *buf, size_t cap, int *fds, int max_fds, int *nfds);
+
+// Capabilities (caps.c)
+// Raw capget/capset and prctl (no libcap). Masks are 64-bit: bit N is capability N.
+/// What failed, for the `stage` out-parameters below.
+extern const int CLOOM_CAP_STAGE_BOUNDING, CLOOM_CAP_STAGE_NO_NEW_PRIVS, CLOOM_CAP_STAGE_CAPGET,
+    CLOOM_CAP_STAGE_CAPSET, CLOOM_CAP_STAGE_AMBIENT, CLOOM_CAP_STAGE_SIGNAL, CLOOM_CAP_STAGE_THREADS;
+/// capget(2) of the calling thread (_LINUX_CAPABILITY_VERSION_3, two 32-bit words). 0 or -errno.
+int cloom_cap_get(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable);
+/// prctl(PR_CAPBSET_READ): 1 if `cap` is in the calling thread's bounding set, 0 if not, or
+/// -errno (-EINVAL: a capability this kernel does not know).
+int cloom_cap_bounding_has(int cap);
+/// The calling thread only: drops from the bounding set every capability 0...last_cap not in
+/// `keep` (unknown ones skipped), sets no_new_privs, then capset effective = permitted =
+/// keep & the thread's permitted set, inheritable = 0, and clears the ambient set.
+/// 0 or -errno, with *stage saying which step failed.
+int cloom_cap_restrict_thread(uint64_t keep, int last_cap, int *stage);
+/// The same in every thread of the process: the other threads run it in a SIGSYS handler
+/// (tgkill), rescanning /proc/self/task until no thread is new, then the calling thread.
+/// 0 (*threads: how many threads were restricted) or -errno of the first failure
+/// (-ETIMEDOUT: a thread did not answer within timeout_ms), with *stage.
+int cloom_cap_restrict_process(uint64_t keep, int last_cap, int timeout_ms, int *threads, int *stage);
+
 #ifdef __cplusplus
 }
 #endif
