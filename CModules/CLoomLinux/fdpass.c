@@ -100,3 +100,21 @@ int cloom_recv_fds(int sock, void *buf, size_t cap, int *fds, int max_fds, int *
     }
     return (int)n;
 }
+
+#include <signal.h>
+#include <spawn.h>
+
+extern char **environ;
+
+int cloom_spawn(const char *path, char *const argv[]) {
+    posix_spawnattr_t attr;
+    if (posix_spawnattr_init(&attr) != 0) return -ENOMEM;
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+    pid_t pid;
+    int rc = posix_spawn(&pid, path, NULL, &attr, argv, environ);
+    posix_spawnattr_destroy(&attr);
+    return rc == 0 ? (int)pid : -rc;
+}

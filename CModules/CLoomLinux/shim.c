@@ -144,6 +144,7 @@ static void cloom_signal_set(sigset_t *set) {
     sigaddset(set, SIGINT);
     sigaddset(set, SIGHUP);
     sigaddset(set, SIGUSR1);
+    sigaddset(set, SIGUSR2);
 }
 
 int cloom_block_signals(void) {

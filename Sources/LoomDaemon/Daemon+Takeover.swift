@@ -146,4 +146,26 @@ extension Daemon {
         lockFile?.close()
         logger.notice("handed over to the new loomd; exiting")
     }
+
+    /// SIGUSR2 (as nginx's binary upgrade): starts the program at this loomd's own path
+    /// (argv[0], which now names the newly installed binary) with the same arguments
+    /// plus `--takeover`. The child is in this service's cgroup, so systemd
+    /// (`NotifyAccess=all`) follows its `MAINPID` once it is READY.
+    func spawnSuccessor() {
+        var arguments = CommandLine.arguments
+        guard let program = arguments.first else { return }
+        let path = program.contains("/") ? program : (Self.lookUp(program) ?? program)
+        if !arguments.contains("--takeover") { arguments.append("--takeover") }
+        do {
+            let pid = try SystemProcess.spawn(path: path, arguments: arguments)
+            logger.notice("SIGUSR2: started \(path) (pid \(pid)) to take over from this loomd")
+        } catch {
+            logger.error("SIGUSR2: cannot start \(path): \(error); this loomd carries on")
+        }
+    }
+
+    private static func lookUp(_ name: String) -> String? {
+        let paths = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":")
+        return paths.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
 }

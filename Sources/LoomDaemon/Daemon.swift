@@ -289,7 +289,9 @@ public final class Daemon: @unchecked Sendable {
                 return
             }
             if signal == SystemProcess.sigterm || signal == SystemProcess.sigint { break }
-            if signal == SystemProcess.sighup {
+            if signal == SystemProcess.sigusr2 {
+                spawnSuccessor()
+            } else if signal == SystemProcess.sighup {
                 _ = reload(trigger: "SIGHUP")
             } else {
                 logger.info("signal \(signal) ignored")

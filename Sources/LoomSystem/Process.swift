@@ -21,13 +21,22 @@ public enum SystemProcess {
     /// Blocks the daemon's signals in this thread and its future threads; ignores SIGPIPE.
     public static func blockSignals() { _ = cloom_block_signals() }
 
-    /// Waits for SIGTERM, SIGINT, SIGHUP or SIGUSR1 (they must be blocked first).
+    /// Waits for SIGTERM, SIGINT, SIGHUP, SIGUSR1 or SIGUSR2 (they must be blocked first).
     public static func waitForSignal() -> CInt { cloom_wait_signal() }
 
     public static let sigterm = SIGTERM
     public static let sigint = SIGINT
     public static let sighup = SIGHUP
     public static let sigusr1 = SIGUSR1
+    public static let sigusr2 = SIGUSR2
+
+    /// Starts the program at `path` with `arguments` (argv[0] first); its PID.
+    public static func spawn(path: String, arguments: [String]) throws(SystemError) -> Int32 {
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }
+        argv.append(nil)
+        defer { for p in argv { free(p) } }
+        return try syscall("posix_spawn") { cloom_spawn(path, argv) }
+    }
 
     /// Sends `signal` to this process (wakes the thread in `waitForSignal`).
     public static func signalSelf(_ signal: CInt) { _ = kill(getpid(), signal) }

@@ -202,7 +202,7 @@ def test_sigkill_under_load_then_restart_recovers(workdir, pod, servers, figure)
             ld.stop()
 
 
-def test_upgrade_socket_rejects_garbage_and_stays_usable(workdir, pod):
+def test_upgrade_socket_rejects_garbage_and_stays_usable(workdir, pod, servers):
     """Junk on the upgrade socket is answered with an error and changes nothing; a
     second loomd without --takeover is refused; a real takeover still works after."""
     import json
@@ -223,7 +223,7 @@ def test_upgrade_socket_rejects_garbage_and_stays_usable(workdir, pod):
             answer = json.loads(s.recv(4096))
             s.close()
             assert "error" in answer, answer
-        assert through(ld, ns)
+        assert through(ld, ns), ld.stderr_text()
         second = harness.Loomd(None, workdir, ["--loops", "1"], state_dir=state)
         with pytest.raises(AssertionError, match="another loomd is running"):
             second.start(ready_timeout=5)
@@ -236,4 +236,39 @@ def test_upgrade_socket_rejects_garbage_and_stays_usable(workdir, pod):
         if new:
             new.ctl("uninstall", check=False)
             new.stop()
+        ld.stop()
+
+
+def test_sigusr2_starts_the_successor_itself(workdir, pod, servers):
+    """SIGUSR2 (nginx-style binary upgrade): loomd starts its own binary again with
+    --takeover; the child takes over, the parent finishes and exits 0."""
+    ns, _, _ = pod("Le")
+    state = os.path.join(workdir, "usr2-state-" + ns)
+    ld = harness.Loomd(None, workdir, ["--loops", "1", "--drain-timeout", "10"], state_dir=state).start()
+    child = None
+    try:
+        ld.ctl("enable", "--netns", ns)
+        fresh = start_in(ns, sys.executable, PEER, "many", S_V4, str(ASK_PORT), "600", "200")
+        time.sleep(0.5)
+        os.kill(ld.pid, 12)   # SIGUSR2
+        ld.proc.wait(timeout=20)
+        assert ld.proc.returncode == 0, ld.stderr_text()
+        log = ld.stderr_text(full=True)
+        assert "SIGUSR2: started" in log and "handed over to the new loomd" in log, log
+        import json
+        # The child answers on the same admin socket.
+        child = json.loads(run(harness.loomctl_path(), "status", "--json", "--admin-socket", ld.admin).stdout)["pid"]
+        assert child != ld.pid
+        rc, out = finish(fresh)
+        assert rc == 0 and out.split()[0] == "600", "connections refused during the SIGUSR2 upgrade: %s" % out
+        p = run("ip", "netns", "exec", ns, sys.executable, PEER, "ask", S_V4, str(ASK_PORT), "3", check=False)
+        assert p.returncode == 0, p.stdout
+    finally:
+        if child:
+            run(harness.loomctl_path(), "uninstall", "--admin-socket", ld.admin, check=False)
+            os.kill(child, 15)
+            for _ in range(100):
+                if not os.path.exists("/proc/%d" % child):
+                    break
+                time.sleep(0.1)
         ld.stop()

@@ -97,7 +97,7 @@ int64_t cloom_now_ms(void);
 int64_t cloom_now_us(void);
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit.
 long cloom_raise_nofile_limit(void);
-/// Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1 in the calling thread (inherited by threads
+/// Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 in the calling thread (inherited by threads
 /// created after) and ignores SIGPIPE. Returns 0 or -1.
 int cloom_block_signals(void);
 /// Waits for one of the blocked signals; returns its number or -1.
@@ -117,6 +117,9 @@ int cloom_send_fds(int sock, const void *data, size_t len, const int *fds, int n
 /// One message into `buf`; descriptors (close-on-exec) into `fds`, their count in *nfds.
 /// Bytes received (0: peer closed) or -errno (-EMSGSIZE: truncated; nothing kept).
 int cloom_recv_fds(int sock, void *buf, size_t cap, int *fds, int max_fds, int *nfds);
+/// Starts `path` with `argv` (NULL-terminated) and the environment, signals unblocked in
+/// the child: the new loomd of a SIGUSR2 upgrade. Its PID, or -errno.
+int cloom_spawn(const char *path, char *const argv[]);
 
 // Capabilities (caps.c)
 // Raw capget/capset and prctl (no libcap). Masks are 64-bit: bit N is capability N.
