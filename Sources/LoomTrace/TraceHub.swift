@@ -425,15 +425,14 @@ public final class TraceHub: @unchecked Sendable {
                 }
                 continue
             }
-            var record = TraceRecord(
-                event: "bypass",
-                time: TraceClock.shared.format(monotonicMs: packet.receivedAtMs)
+            var record = Self.record(
+                "bypass",
+                at: packet.receivedAtMs,
+                pod: source.pod,
+                outbound: packet.hook == .output,
+                client: packet.source,
+                destination: packet.destination
             )
-            record.pod = source.pod.name
-            record.namespace = source.pod.namespace
-            record.direction = packet.hook == .output ? "outbound" : "inbound"
-            record.client = packet.source.description
-            record.destination = packet.destination.description
             record.kernel = kernel
             let snapshot = mesh.runtime.snapshot
             if let ref = snapshot.lookup(packet.destination) {
@@ -463,15 +462,14 @@ public final class TraceHub: @unchecked Sendable {
         if event.kind == .closed {
             pending.removeValue(forKey: key)
         }
-        var record = TraceRecord(
-            event: event.kind == .opened ? "open" : "close",
-            time: TraceClock.shared.format(monotonicMs: event.atMs)
+        var record = Self.record(
+            event.kind == .opened ? "open" : "close",
+            at: event.atMs,
+            pod: event.pod,
+            outbound: event.capture == .outbound,
+            client: event.client,
+            destination: event.destination
         )
-        record.pod = event.pod.name
-        record.namespace = event.pod.namespace
-        record.direction = event.capture == .outbound ? "outbound" : "inbound"
-        record.client = event.client.description
-        record.destination = event.destination.description
         record.kernel = kernel
         if let runtime = event.runtime {
             let services = runtime.snapshot.services
@@ -497,6 +495,24 @@ public final class TraceHub: @unchecked Sendable {
             record.detail = event.endDetail
         }
         dispatch(record, podId: event.pod.id, port: event.destination.port, kernelOnly: false)
+    }
+
+    /// A record's common part: what happened, when, in which pod, between whom.
+    private static func record(
+        _ event: String,
+        at monotonicMs: Int64,
+        pod: PodContext,
+        outbound: Bool,
+        client: SocketAddress,
+        destination: SocketAddress
+    ) -> TraceRecord {
+        var record = TraceRecord(event: event, time: TraceClock.shared.format(monotonicMs: monotonicMs))
+        record.pod = pod.name
+        record.namespace = pod.namespace
+        record.direction = outbound ? "outbound" : "inbound"
+        record.client = client.description
+        record.destination = destination.description
+        return record
     }
 
     private func dispatch(_ record: TraceRecord, podId: Int, port: UInt16, kernelOnly: Bool) {

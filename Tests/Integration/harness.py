@@ -627,3 +627,22 @@ def tools_missing():
         if shutil.which(tool) is None:
             return "`%s` not found in PATH" % tool
     return None
+
+
+def start_peer_server(ns, logpath, *ports):
+    """`peer.py serve PORTS` in netns `ns` (stderr to `logpath`), once it is serving.
+    Returns (process, log file); stop with stop_peer_server."""
+    log = open(logpath, "w")
+    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable,
+                          os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer.py"), "serve",
+                          *[str(port) for port in ports]],
+                         stdout=subprocess.PIPE, stderr=log, text=True)
+    _live_procs.append(p)
+    assert p.stdout.readline().strip() == "serving"
+    return p, log
+
+
+def stop_peer_server(server):
+    p, log = server
+    _stop_proc(p)
+    log.close()

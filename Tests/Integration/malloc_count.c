@@ -1,6 +1,6 @@
 // LD_PRELOAD allocation counter for the "no heap allocation per event" test.
 // Counts calls to malloc/calloc/realloc/posix_memalign/aligned_alloc/memalign and, on
-// SIGUSR2, writes the count to the file named by LOOM_MALLOC_COUNT_FILE. The real
+// SIGURG, writes the count to the file named by LOOM_MALLOC_COUNT_FILE. The real
 // allocator is reached through dlsym(RTLD_NEXT); calloc during dlsym's own bootstrap is
 // served from a small static buffer.
 #define _GNU_SOURCE
@@ -109,5 +109,5 @@ __attribute__((constructor)) static void init(void) {
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = dump;
     sa.sa_flags = SA_RESTART;
-    sigaction(SIGUSR2, &sa, NULL);
+    sigaction(SIGURG, &sa, NULL);
 }

@@ -1,7 +1,7 @@
 """No heap allocation per event in the relay's steady state.
 
 loomd runs with an LD_PRELOAD allocation counter (malloc_count.c) that reports the
-number of malloc/calloc/realloc/memalign calls on SIGUSR2. One connection moves a small
+number of malloc/calloc/realloc/memalign calls on SIGURG. One connection moves a small
 amount each way, then another moves 64 times as much. If the relay allocated per event
 (per splice, per epoll wake-up), the second count would be thousands larger: 512 MiB
 each way is at least 16,384 splices of 64 KiB. Allocations per connection (logging,
@@ -33,7 +33,7 @@ def build_counter(workdir):
 
 
 def allocations(ld, path):
-    os.kill(ld.pid, signal.SIGUSR2)
+    os.kill(ld.pid, signal.SIGURG)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
@@ -45,7 +45,7 @@ def allocations(ld, path):
         except FileNotFoundError:
             pass
         time.sleep(0.05)
-    raise AssertionError("allocation counter did not answer SIGUSR2")
+    raise AssertionError("allocation counter did not answer SIGURG")
 
 
 def transfer(client, server, nbytes, port):

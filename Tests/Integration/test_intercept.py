@@ -28,15 +28,9 @@ REJECTED_PORT = 7102   # a port a pod's own iptables rule rejects
 
 @pytest.fixture(scope="module")
 def peer_server(topo, workdir):
-    log = open(os.path.join(workdir, "peer-server.log"), "w")
-    p = subprocess.Popen(["ip", "netns", "exec", topo.server, sys.executable, PEER, "serve",
-                          str(PORT), str(EXCLUDED_PORT), str(REJECTED_PORT)],
-                         stdout=subprocess.PIPE, stderr=log, text=True)
-    harness._live_procs.append(p)
-    assert p.stdout.readline().strip() == "serving"
-    yield p
-    harness._stop_proc(p)
-    log.close()
+    server = harness.start_peer_server(topo.server, os.path.join(workdir, "peer-server.log"), PORT, EXCLUDED_PORT, REJECTED_PORT)
+    yield server[0]
+    harness.stop_peer_server(server)
 
 
 @pytest.fixture(autouse=True)

@@ -28,14 +28,9 @@ KEPT = (1 << NET_ADMIN) | (1 << SYS_PTRACE) | (1 << SYS_ADMIN)
 
 @pytest.fixture(scope="module")
 def peer_server(topo, workdir):
-    log = open(os.path.join(workdir, "privileges-peer.log"), "w")
-    p = subprocess.Popen(["ip", "netns", "exec", topo.server, sys.executable, PEER, "serve", str(PORT)],
-                         stdout=subprocess.PIPE, stderr=log, text=True)
-    harness._live_procs.append(p)
-    assert p.stdout.readline().strip() == "serving"
-    yield p
-    harness._stop_proc(p)
-    log.close()
+    server = harness.start_peer_server(topo.server, os.path.join(workdir, "privileges-peer.log"), PORT)
+    yield server[0]
+    harness.stop_peer_server(server)
 
 
 def status_fields(path):

@@ -28,15 +28,9 @@ CLOSED_PORT = 7209     # nothing listens: Loom's upstream connect is refused
 
 @pytest.fixture(scope="module")
 def peer_server(topo, workdir):
-    log = open(os.path.join(workdir, "trace-peer.log"), "w")
-    p = subprocess.Popen(["ip", "netns", "exec", topo.server, sys.executable, PEER, "serve",
-                          str(PORT), str(EXCLUDED_PORT)],
-                         stdout=subprocess.PIPE, stderr=log, text=True)
-    harness._live_procs.append(p)
-    assert p.stdout.readline().strip() == "serving"
-    yield p
-    harness._stop_proc(p)
-    log.close()
+    server = harness.start_peer_server(topo.server, os.path.join(workdir, "trace-peer.log"), PORT, EXCLUDED_PORT)
+    yield server[0]
+    harness.stop_peer_server(server)
 
 
 @pytest.fixture(autouse=True)
