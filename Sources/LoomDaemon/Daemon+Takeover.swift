@@ -144,6 +144,13 @@ extension Daemon {
         for loop in loops { loop.stop() }
         upgradeSocket?.close()
         lockFile?.close()
+        if settings.lingerAfterHandOver {
+            logger.notice("handed over to the new loomd; waiting for SIGTERM (--linger-after-handover)")
+            while true {
+                let signal = SystemProcess.waitForSignal()
+                if signal == SystemProcess.sigterm || signal == SystemProcess.sigint { break }
+            }
+        }
         logger.notice("handed over to the new loomd; exiting")
     }
 

@@ -39,6 +39,9 @@ public struct DaemonSettings: Sendable {
     /// If another loomd holds the state directory, take its listeners over (hitless
     /// upgrade) instead of refusing to start.
     public var takeover = false
+    /// After handing over, wait for SIGTERM instead of exiting (a Kubernetes pod whose
+    /// container would otherwise be restarted, and take over again).
+    public var lingerAfterHandOver = false
 
     public init(
         relay: RelayConfiguration,

@@ -112,6 +112,13 @@ struct Loomd: ParsableCommand {
     )
     var takeover = false
 
+    @Flag(
+        name: .long,
+        help:
+            "After handing over to a new loomd, wait for SIGTERM instead of exiting (Kubernetes: the old container is not restarted before its pod is deleted)."
+    )
+    var lingerAfterHandover = false
+
     @Option(name: .long, help: "On SIGTERM, seconds to let connections finish before resetting them.")
     var drainTimeout: Double = 5
 
@@ -205,6 +212,7 @@ struct Loomd: ParsableCommand {
         settings.traceBuffer = traceBuffer
         settings.dropCapabilities = !keepCapabilities
         settings.takeover = takeover
+        settings.lingerAfterHandOver = lingerAfterHandover
         let daemon = Daemon(settings: settings, logger: logger)
         do {
             try daemon.start()

@@ -272,3 +272,32 @@ def test_sigusr2_starts_the_successor_itself(workdir, pod, servers):
                     break
                 time.sleep(0.1)
         ld.stop()
+
+
+def test_linger_after_handover_waits_for_sigterm(workdir, pod, servers):
+    """--linger-after-handover (the Kubernetes DaemonSet's setting): the old loomd hands
+    over, drains, and then stays until SIGTERM instead of exiting."""
+    ns, _, _ = pod("Lf")
+    state = os.path.join(workdir, "linger-state-" + ns)
+    args = ["--loops", "1", "--takeover", "--linger-after-handover"]
+    old = harness.Loomd(None, workdir, args, state_dir=state).start()
+    new = None
+    try:
+        old.ctl("enable", "--netns", ns)
+        new = harness.Loomd(None, workdir, args, state_dir=state)
+        new.admin = old.admin
+        new.start()
+        deadline = time.monotonic() + 10
+        while "waiting for SIGTERM" not in old.stderr_text(full=True) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "waiting for SIGTERM" in old.stderr_text(full=True), old.stderr_text()
+        time.sleep(1)
+        assert old.alive(), "the old loomd exited instead of waiting for SIGTERM"
+        assert through(new, ns)
+        rc, took = old.stop()
+        assert rc == 0 and took < 3, (rc, took)
+    finally:
+        if new:
+            new.ctl("uninstall", check=False)
+            new.stop()
+        old.stop()
