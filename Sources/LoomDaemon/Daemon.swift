@@ -138,6 +138,16 @@ public final class Daemon: @unchecked Sendable {
                     throw DaemonLockError(path: lockPath, error: error)
                 }
                 let handOff = try HandOff.request(path: dir + "/upgrade.sock", logger: logger)
+                // Its listeners must be on this loomd's capture ports, or its rules would
+                // redirect to ports nobody listens on.
+                let ports = [settings.intercept.outboundPort, settings.intercept.inboundPort]
+                if let other = handOff.pods.values.joined().first(where: { !ports.contains($0.port) }) {
+                    handOff.abandon()
+                    throw TakeoverError(
+                        message:
+                            "the running loomd listens on port \(other.port); a takeover needs the same --outbound-port and --inbound-port (this loomd has \(ports[0]) and \(ports[1])); it carries on"
+                    )
+                }
                 lockFile = handOff.lock
                 self.handOff = handOff
             }

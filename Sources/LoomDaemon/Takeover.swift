@@ -123,6 +123,13 @@ struct HandOff {
         return HandOff(socket: socket, lock: lock!, pods: pods)
     }
 
+    /// Gives everything back: the old loomd, told nothing, carries on.
+    func abandon() {
+        for listener in pods.values.joined() { listener.fd.close() }
+        lock.close()
+        socket.close()
+    }
+
     /// Tells the old loomd it may stop accepting.
     func acknowledge(adopted: Int) {
         try? socket.send(TakeoverMessage(adopted: adopted).json())

@@ -209,7 +209,13 @@ public final class TraceHub: @unchecked Sendable {
         epoll = try Epoll(capacity: 64)
         bell = try EventNotifier()
         try epoll.add(bell.fd, interest: [.readable], token: UInt64.max)
-        if let accessLogPath { accessLog = try AccessLogWriter(path: accessLogPath) }
+        if let accessLogPath {
+            do {
+                accessLog = try AccessLogWriter(path: accessLogPath)
+            } catch {
+                throw AccessLogError(path: accessLogPath, error: error)
+            }
+        }
     }
 
     public func start() throws {
@@ -552,6 +558,15 @@ public final class TraceHub: @unchecked Sendable {
         // handshake finished, or the connection is still connecting): forget it after
         // a minute; the relay's record then goes out without the kernel's part.
         pending = pending.filter { now - $0.value.seenAt < 60_000 }
+    }
+}
+
+/// The access log cannot be opened.
+public struct AccessLogError: Error, CustomStringConvertible {
+    public let path: String
+    public let error: any Error
+    public var description: String {
+        "cannot open the access log \(path): \(error); pass --access-log PATH (a writable file, or - for standard output)"
     }
 }
 

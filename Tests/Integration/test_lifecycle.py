@@ -301,3 +301,43 @@ def test_linger_after_handover_waits_for_sigterm(workdir, pod, servers):
             new.ctl("uninstall", check=False)
             new.stop()
         old.stop()
+
+
+def test_takeover_with_other_capture_ports_is_refused_and_changes_nothing(workdir, pod, servers):
+    """A new loomd with another --outbound-port cannot use the running one's listeners:
+    it says so and exits; the running loomd carries on (admin socket included)."""
+    ns, _, _ = pod("Lg")
+    state = os.path.join(workdir, "ports-state-" + ns)
+    old = harness.Loomd(None, workdir, ["--loops", "1"], state_dir=state).start()
+    try:
+        old.ctl("enable", "--netns", ns)
+        table = ns_exec(ns, "nft", "list", "table", "inet", "loom").stdout
+        new = harness.Loomd(None, workdir, ["--loops", "1", "--takeover", "--outbound-port", "15011"],
+                            state_dir=state)
+        new.admin = old.admin
+        with pytest.raises(AssertionError, match="a takeover needs the same --outbound-port"):
+            new.start(ready_timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "carries on" not in old.stderr_text(full=True):
+            time.sleep(0.1)
+        old.assert_alive()
+        assert through(old, ns), old.stderr_text()
+        assert ns_exec(ns, "nft", "list", "table", "inet", "loom").stdout == table
+        # Its upgrade socket works again: a matching takeover succeeds.
+        newer = harness.Loomd(None, workdir, ["--loops", "1", "--takeover"], state_dir=state)
+        newer.admin = old.admin
+        newer.start()
+        old.proc.wait(timeout=15)
+        assert through(newer, ns)
+        newer.ctl("uninstall", check=False)
+        newer.stop()
+    finally:
+        old.stop()
+
+
+def test_unwritable_access_log_is_a_clear_error(workdir):
+    p = run(harness.loomd_path(), "--access-log", "/nonexistent-dir/access.log", "--state-dir",
+            os.path.join(workdir, "al-state"), "--admin-socket", os.path.join(workdir, "al.sock"),
+            check=False, timeout=20)
+    assert p.returncode != 0
+    assert "cannot open the access log /nonexistent-dir/access.log" in p.stderr, p.stderr
