@@ -120,3 +120,14 @@ int cloom_spawn(const char *path, char *const argv[]) {
     posix_spawnattr_destroy(&attr);
     return rc == 0 ? (int)pid : -rc;
 }
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#ifndef TCP_ULP
+#define TCP_ULP 31
+#endif
+
+int cloom_tcp_ulp_tls(int fd) {
+    return setsockopt(fd, IPPROTO_TCP, TCP_ULP, "tls", sizeof "tls") == 0 ? 0 : -errno;
+}

@@ -115,6 +115,8 @@ public final class Daemon: @unchecked Sendable {
     private var meshConfig: MeshConfig?
     let logger: Logger
     let startedAt = SystemProcess.nowMilliseconds()
+    /// Whether encrypted connections could be spliced (kTLS); probed once at start.
+    private(set) var kernelTLS = KernelTLS.Availability.unavailable(errno: 0)
 
     public init(settings: DaemonSettings, logger: Logger) {
         self.settings = settings
@@ -210,6 +212,10 @@ public final class Daemon: @unchecked Sendable {
             handOff.map { h in for l in h.pods.values.joined() { l.fd.close() } }
             throw error
         }
+        kernelTLS = KernelTLS.probe()
+        logger.info(
+            "kernel TLS: \(kernelTLS)\(kernelTLS.isAvailable ? "" : "; encrypted connections will copy through user space")"
+        )
         let home = try NetworkNamespace.current()
         let perLoopConnections = max(1, (budget.maxConnections + relay.loops - 1) / relay.loops)
         var started: [RelayLoop] = []
@@ -406,6 +412,7 @@ public final class Daemon: @unchecked Sendable {
             report.meshVersion = runtime.version
             report.meshSource = runtime.snapshot.source
             report.meshServices = runtime.snapshot.services.count
+            report.kernelTLS = kernelTLS.description
             return report.json()
         }
         return controller.handle(request).line()

@@ -13,6 +13,8 @@ public struct StatusReport: Sendable {
     public var meshVersion = 1
     public var meshSource = ""
     public var meshServices = 0
+    /// Whether the kernel offers kTLS (probed at start).
+    public var kernelTLS = ""
     public var uptimeMs: Int64
     public var pid: Int
 
@@ -52,6 +54,7 @@ public struct StatusReport: Sendable {
         }.joined(separator: ",")
         s +=
             "],\"mesh\":{\"version\":\(meshVersion),\"source\":\"\(jsonEscape(meshSource))\",\"services\":\(meshServices)}"
+        s += ",\"kernel_tls\":\"\(jsonEscape(kernelTLS))\""
         s += ",\"pods\":"
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]

@@ -51,6 +51,7 @@ enum StatusText {
         } else {
             lines.append("mesh         no services configured: every connection passes through to its destination")
         }
+        if let tls = object["kernel_tls"] as? String, !tls.isEmpty { lines.append("kernel TLS   \(tls)") }
         let pods = object["pods"] as? [[String: Any]] ?? []
         lines.append("")
         if pods.isEmpty {

@@ -117,6 +117,9 @@ int cloom_send_fds(int sock, const void *data, size_t len, const int *fds, int n
 /// One message into `buf`; descriptors (close-on-exec) into `fds`, their count in *nfds.
 /// Bytes received (0: peer closed) or -errno (-EMSGSIZE: truncated; nothing kept).
 int cloom_recv_fds(int sock, void *buf, size_t cap, int *fds, int max_fds, int *nfds);
+/// setsockopt(TCP_ULP, "tls") on a connected TCP socket: 0 if the kernel has TLS (kTLS),
+/// else -errno (-ENOENT: no tls module, CONFIG_TLS off).
+int cloom_tcp_ulp_tls(int fd);
 /// Starts `path` with `argv` (NULL-terminated) and the environment, signals unblocked in
 /// the child: the new loomd of a SIGUSR2 upgrade. Its PID, or -errno.
 int cloom_spawn(const char *path, char *const argv[]);
