@@ -133,12 +133,7 @@ extension Daemon {
     /// After a hand-over: the connections in flight finish (up to the drain timeout),
     /// then the loops stop. Tables, listeners and the lock belong to the new loomd.
     func finishAfterHandOver() {
-        let deadline = SystemProcess.nowMilliseconds() + settings.drainTimeoutMs
-        while SystemProcess.nowMilliseconds() < deadline && totals().active > 0 {
-            usleepMilliseconds(50)
-        }
-        let left = totals().active
-        if left > 0 { logger.warning("drain time over after the hand-over: resetting \(left) connection(s)") }
+        drainConnections(after: " after the hand-over")
         stopping.store(true, ordering: .relaxed)
         traceHub?.stop()
         for loop in loops { loop.stop() }

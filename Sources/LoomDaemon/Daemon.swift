@@ -330,12 +330,7 @@ public final class Daemon: @unchecked Sendable {
         ticker?.join()
         stopUpgradeServer()
         for loop in loops { loop.stopAccepting() }
-        let deadline = SystemProcess.nowMilliseconds() + settings.drainTimeoutMs
-        while SystemProcess.nowMilliseconds() < deadline && totals().active > 0 {
-            usleepMilliseconds(50)
-        }
-        let left = totals().active
-        if left > 0 { logger.warning("drain time over: resetting \(left) connection(s)") }
+        drainConnections(after: "")
         admin?.stop()
         for (subscription, _) in traces.withLock({ Array($0.values) }) { endTrace(subscription) }
         controller?.shutDown()
@@ -343,6 +338,17 @@ public final class Daemon: @unchecked Sendable {
         for loop in loops { loop.stop() }
         lockFile?.close()
         logger.info("stopped")
+    }
+
+    /// Waits up to the drain timeout for the loops' connections to end; what is left is
+    /// reset when the loops stop.
+    func drainConnections(after what: String) {
+        let deadline = SystemProcess.nowMilliseconds() + settings.drainTimeoutMs
+        while SystemProcess.nowMilliseconds() < deadline && totals().active > 0 {
+            usleepMilliseconds(50)
+        }
+        let left = totals().active
+        if left > 0 { logger.warning("drain time over\(what): resetting \(left) connection(s)") }
     }
 
     /// Sum of every loop's counters.

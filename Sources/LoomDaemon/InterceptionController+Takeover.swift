@@ -64,7 +64,6 @@ extension InterceptionController {
                     for (loop, listeners) in zip(loops, perLoop) where !listeners.isEmpty {
                         loop.send(.addListeners(listeners))
                     }
-                    runtime.listeners = handed.count
                     runtime.listenerSet = perLoop.flatMap { $0 }
                     runtimes[path] = runtime
                     adopted += handed.count

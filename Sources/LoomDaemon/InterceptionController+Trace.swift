@@ -52,11 +52,7 @@ extension InterceptionController {
 
     /// Pods of `namespace` that are intercepted now (access logs; empty is fine).
     func interceptedPods(namespace: String) -> [PodContext] {
-        lock.withLock {
-            state.pods.filter { $0.namespace == namespace }.compactMap {
-                runtimes[$0.netns]?.applied != nil ? runtimes[$0.netns]?.context : nil
-            }
-        }
+        podContexts().filter { $0.namespace == namespace }
     }
 
     /// Installs the pod's trace table and starts reading its queue. An error leaves the

@@ -18,9 +18,9 @@ final class PodRuntime {
     var netfilter: NetfilterSocket?
     /// The settings of the table in the kernel (nil: no table).
     var applied: InterceptSettings?
-    var listeners = 0
     /// The listening sockets the loops hold for this pod (a takeover hands them over).
     var listenerSet: [PodListener] = []
+    var listeners: Int { listenerSet.count }
     /// The NFQUEUE trace table is installed (a tracer watches this pod).
     var kernelTraced = false
     var changeMs: Double?
@@ -388,7 +388,6 @@ final class InterceptionController: @unchecked Sendable {
             throw error
         }
         for (loop, listeners) in zip(loops, perLoop) { loop.send(.addListeners(listeners)) }
-        runtime.listeners = opened.count
         runtime.listenerSet = perLoop.flatMap { $0 }
     }
 
@@ -414,7 +413,6 @@ final class InterceptionController: @unchecked Sendable {
             loop.send(.removePod(id: runtime.context.id, resetConnections: resetConnections, done: done))
         }
         if !done.wait(timeoutMs: 2000) { logger.warning("pod \(runtime.context.name): a relay loop is slow to let go") }
-        runtime.listeners = 0
         runtime.listenerSet = []
         runtime.netfilter?.close()
         runtime.netfilter = nil

@@ -241,7 +241,12 @@ public final class TraceHub: @unchecked Sendable {
     }
 
     public var stats: TraceHubStats {
-        var s = shared.withLock { $0.stats }
+        var s = shared.withLock { shared in
+            var stats = shared.stats
+            stats.tracers = shared.subscriptions.values.filter(\.wantsKernel).count
+            stats.accessLogs = shared.subscriptions.count - stats.tracers
+            return stats
+        }
         s.droppedAtRelay = loops.reduce(0) { $0 + $1.events.dropped.value }
         return s
     }
@@ -264,7 +269,6 @@ public final class TraceHub: @unchecked Sendable {
             )
             s.nextId += 1
             s.subscriptions[sub.id] = sub
-            if wantsKernel { s.stats.tracers += 1 } else { s.stats.accessLogs += 1 }
             let start = Self.retain(&s, pods, kernel: wantsKernel)
             return (sub, start)
         }
@@ -275,7 +279,6 @@ public final class TraceHub: @unchecked Sendable {
         sub.end()
         return shared.withLock { s in
             guard s.subscriptions.removeValue(forKey: sub.id) != nil else { return [] }
-            if sub.wantsKernel { s.stats.tracers -= 1 } else { s.stats.accessLogs -= 1 }
             let pods = s.podRefs.values.filter { sub.filter.pods.contains($0.pod.id) }.map(\.pod)
             return Self.release(&s, pods, kernel: sub.wantsKernel)
         }

@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import LoomDaemon
+import LoomSystem
 import LoomTrace
 
 #if canImport(Glibc)
@@ -187,11 +188,5 @@ struct Metrics: ParsableCommand {
 /// Writes a line to standard output now (unbuffered: a trace piped into another program
 /// shows each record as it happens).
 func emit(_ line: String) {
-    let bytes = Array((line + "\n").utf8)
-    var offset = 0
-    while offset < bytes.count {
-        let n = bytes.withUnsafeBytes { write(1, $0.baseAddress! + offset, $0.count - offset) }
-        if n <= 0 { return }
-        offset += n
-    }
+    try? FileDescriptor(rawValue: 1).writeAll(line + "\n")
 }

@@ -89,6 +89,13 @@ def accepted(ld, ns):
     return ld.pods()["/var/run/netns/" + ns]["accepted"]
 
 
+def successor(old, workdir, args, state):
+    """A loomd (not started yet) with `args`, on the state dir and admin socket of `old`."""
+    new = harness.Loomd(None, workdir, args, state_dir=state)
+    new.admin = old.admin
+    return new
+
+
 def through(ld, ns):
     before = accepted(ld, ns)
     p = run("ip", "netns", "exec", ns, sys.executable, PEER, "ask", S_V4, str(ASK_PORT), "3", check=False)
@@ -111,8 +118,7 @@ def test_takeover_under_load_refuses_nothing(workdir, pod, servers, figure):
         wrk = start_in(ns, "wrk", "-t2", "-c8", "-d6s", "http://%s:%d/" % (S_V4, HTTP_PORT))
         fresh = start_in(ns, sys.executable, PEER, "many", S_V4, str(ASK_PORT), "1500", "300")
         time.sleep(1.5)
-        new = harness.Loomd(None, workdir, args + ["--takeover"], state_dir=state)
-        new.admin = old.admin
+        new = successor(old, workdir, args + ["--takeover"], state)
         t0 = time.monotonic()
         new.start()
         figure("takeover: new loomd ready", "%.0f ms" % ((time.monotonic() - t0) * 1000))
@@ -133,8 +139,7 @@ def test_takeover_under_load_refuses_nothing(workdir, pod, servers, figure):
         assert through(new, ns)
         assert new.pods()["/var/run/netns/" + ns]["state"] == "intercepted"
         # The new loomd can be taken over in turn.
-        newer = harness.Loomd(None, workdir, args + ["--takeover"], state_dir=state)
-        newer.admin = old.admin
+        newer = successor(old, workdir, args + ["--takeover"], state)
         newer.start()
         new.proc.wait(timeout=35)
         assert through(newer, ns)
@@ -179,8 +184,7 @@ def test_sigkill_under_load_then_restart_recovers(workdir, pod, servers, figure)
         time.sleep(1.0)
         ld.kill()
         finish(wrk)   # connections through the dead loomd fail: that is what SIGKILL means
-        ld2 = harness.Loomd(None, workdir, args, state_dir=state)
-        ld2.admin = ld.admin
+        ld2 = successor(ld, workdir, args, state)
         t0 = time.monotonic()
         ld2.start()
         ready = time.monotonic() - t0
@@ -227,8 +231,7 @@ def test_upgrade_socket_rejects_garbage_and_stays_usable(workdir, pod, servers):
         second = harness.Loomd(None, workdir, ["--loops", "1"], state_dir=state)
         with pytest.raises(AssertionError, match="another loomd is running"):
             second.start(ready_timeout=5)
-        new = harness.Loomd(None, workdir, ["--loops", "1", "--takeover"], state_dir=state)
-        new.admin = ld.admin
+        new = successor(ld, workdir, ["--loops", "1", "--takeover"], state)
         new.start()
         ld.proc.wait(timeout=15)
         assert through(new, ns)
@@ -284,8 +287,7 @@ def test_linger_after_handover_waits_for_sigterm(workdir, pod, servers):
     new = None
     try:
         old.ctl("enable", "--netns", ns)
-        new = harness.Loomd(None, workdir, args, state_dir=state)
-        new.admin = old.admin
+        new = successor(old, workdir, args, state)
         new.start()
         deadline = time.monotonic() + 10
         while "waiting for SIGTERM" not in old.stderr_text(full=True) and time.monotonic() < deadline:
@@ -312,9 +314,7 @@ def test_takeover_with_other_capture_ports_is_refused_and_changes_nothing(workdi
     try:
         old.ctl("enable", "--netns", ns)
         table = ns_exec(ns, "nft", "list", "table", "inet", "loom").stdout
-        new = harness.Loomd(None, workdir, ["--loops", "1", "--takeover", "--outbound-port", "15011"],
-                            state_dir=state)
-        new.admin = old.admin
+        new = successor(old, workdir, ["--loops", "1", "--takeover", "--outbound-port", "15011"], state)
         with pytest.raises(AssertionError, match="a takeover needs the same --outbound-port"):
             new.start(ready_timeout=10)
         deadline = time.monotonic() + 10
@@ -324,8 +324,7 @@ def test_takeover_with_other_capture_ports_is_refused_and_changes_nothing(workdi
         assert through(old, ns), old.stderr_text()
         assert ns_exec(ns, "nft", "list", "table", "inet", "loom").stdout == table
         # Its upgrade socket works again: a matching takeover succeeds.
-        newer = harness.Loomd(None, workdir, ["--loops", "1", "--takeover"], state_dir=state)
-        newer.admin = old.admin
+        newer = successor(old, workdir, ["--loops", "1", "--takeover"], state)
         newer.start()
         old.proc.wait(timeout=15)
         assert through(newer, ns)
