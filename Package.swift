@@ -25,12 +25,20 @@ let package = Package(
             path: "CModules/CLoomNetfilter",
             linkerSettings: [.linkedLibrary("nftnl"), .linkedLibrary("mnl"), .linkedLibrary("netfilter_queue")]
         ),
+        // X.509 and TLS 1.3 through OpenSSL (Debian: libssl-dev). C returns facts only.
+        .target(
+            name: "CLoomTLS",
+            path: "CModules/CLoomTLS",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
         // The only Swift target that calls Glibc/C: fds, errno, one syscall helper.
         .target(name: "LoomSystem", dependencies: ["CLoomLinux"]),
+        // Mutual TLS: SPIFFE identities, the mesh CA, workload certificates, TLS streams.
+        .target(name: "LoomTLS", dependencies: ["CLoomTLS", "LoomSystem"]),
         // Event loops, connection state machines, splice relay, pipe pool.
         .target(
             name: "LoomRelay",
-            dependencies: ["LoomSystem", "LoomMesh", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["LoomSystem", "LoomMesh", "LoomTLS", .product(name: "Logging", package: "swift-log")]
         ),
         // nf_tables rule plans as data, rendered to nft text and to one netlink batch.
         .target(name: "LoomIntercept", dependencies: ["LoomSystem", "CLoomNetfilter"]),
@@ -52,7 +60,7 @@ let package = Package(
         .target(
             name: "LoomDaemon",
             dependencies: [
-                "LoomRelay", "LoomSystem", "LoomIntercept", "LoomMesh", "LoomTrace",
+                "LoomRelay", "LoomSystem", "LoomIntercept", "LoomMesh", "LoomTrace", "LoomTLS",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -77,6 +85,7 @@ let package = Package(
                 "LoomRelay",
                 "LoomIntercept",
                 "LoomSystem",
+                "LoomTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -85,6 +94,7 @@ let package = Package(
         .testTarget(name: "LoomDaemonTests", dependencies: ["LoomDaemon", "LoomRelay", "LoomIntercept"]),
         .testTarget(name: "LoomMeshTests", dependencies: ["LoomMesh", "LoomSystem"]),
         .testTarget(name: "LoomTraceTests", dependencies: ["LoomTrace", "LoomRelay", "LoomSystem"]),
+        .testTarget(name: "LoomTLSTests", dependencies: ["LoomTLS", "LoomSystem"]),
         .testTarget(name: "LoomInterceptTests", dependencies: ["LoomIntercept"], exclude: ["golden"]),
     ]
 )

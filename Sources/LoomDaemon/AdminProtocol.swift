@@ -66,6 +66,11 @@ public struct PodStatus: Codable, Equatable, Sendable {
     public var error: String?
     /// Time the last change to this pod took (rules and listeners), milliseconds.
     public var changeMs: Double?
+    /// The pod's workload identity and current certificate (absent without a mesh CA).
+    public var identity: String?
+    public var certificateSerial: String?
+    /// Unix seconds.
+    public var certificateExpires: Int64?
 }
 
 /// loomd's answer to a command other than `status`.

@@ -119,6 +119,34 @@ extension Daemon {
             cumulative: cumulative,
             sum: Double(sum) / 1_000_000
         )
+        if certificates != nil {
+            p.counter(
+                "loom_tls_handshakes_total",
+                "Completed mTLS handshakes: role client (outbound tunnel) or server (tunnel port).",
+                [
+                    ([("role", "client")], Double(loops.reduce(0) { $0 + $1.metrics.handshakesClient.value })),
+                    ([("role", "server")], Double(loops.reduce(0) { $0 + $1.metrics.handshakesServer.value })),
+                ]
+            )
+            var handshakes = Array(repeating: 0, count: bounds.count + 1)
+            var handshakeSum = 0
+            for loop in loops {
+                for (i, n) in loop.metrics.handshakeLatency.cumulative().enumerated() { handshakes[i] += n }
+                handshakeSum += loop.metrics.handshakeLatency.sumMicros.value
+            }
+            p.histogram(
+                "loom_tls_handshake_seconds",
+                "Time an mTLS handshake took, from its first flight to verified peer.",
+                bounds: bounds,
+                cumulative: handshakes,
+                sum: Double(handshakeSum) / 1_000_000
+            )
+            p.gauge(
+                "loom_tls_copy_buffers",
+                "Copy buffers (64 KiB) held by mTLS connections with bytes in flight.",
+                [([], Double(total.copyBuffers))]
+            )
+        }
         if let programming = controller?.programming {
             p.histogram(
                 "loom_rule_programming_seconds",

@@ -7,6 +7,7 @@ import LoomIntercept
 import LoomMesh
 import LoomRelay
 import LoomSystem
+import LoomTLS
 import LoomTrace
 import Synchronization
 
@@ -42,6 +43,9 @@ public struct DaemonSettings: Sendable {
     /// After handing over, wait for SIGTERM instead of exiting (a Kubernetes pod whose
     /// container would otherwise be restarted, and take over again).
     public var lingerAfterHandOver = false
+    /// The mesh CA and workload certificate lifetime; nil: no mTLS (plaintext everywhere,
+    /// no tunnel listener).
+    public var tls: MeshTLSSettings?
 
     public init(
         relay: RelayConfiguration,
@@ -117,6 +121,8 @@ public final class Daemon: @unchecked Sendable {
     let startedAt = SystemProcess.nowMilliseconds()
     /// Whether encrypted connections could be spliced (kTLS); probed once at start.
     private(set) var kernelTLS = KernelTLS.Availability.unavailable(errno: 0)
+    /// Issues and rotates workload certificates (nil: no mesh CA).
+    private(set) var certificates: WorkloadCertificates?
 
     public init(settings: DaemonSettings, logger: Logger) {
         self.settings = settings
@@ -127,6 +133,8 @@ public final class Daemon: @unchecked Sendable {
     /// the loops, intercepts the pods asked for, and opens the admin socket.
     public func start() throws {
         SystemProcess.blockSignals()
+        // The CA first: a bad key or certificate stops loomd before it touches anything.
+        let authority = try settings.tls?.loadAuthority()
         var statePath: String?
         var saved: NodeState?
         if let dir = settings.stateDirectory {
@@ -142,7 +150,9 @@ public final class Daemon: @unchecked Sendable {
                 let handOff = try HandOff.request(path: dir + "/upgrade.sock", logger: logger)
                 // Its listeners must be on this loomd's capture ports, or its rules would
                 // redirect to ports nobody listens on.
-                let ports = [settings.intercept.outboundPort, settings.intercept.inboundPort]
+                let ports = [
+                    settings.intercept.outboundPort, settings.intercept.inboundPort, settings.relay.tunnelPort,
+                ]
                 if let other = handOff.pods.values.joined().first(where: { !ports.contains($0.port) }) {
                     handOff.abandon()
                     throw TakeoverError(
@@ -216,6 +226,19 @@ public final class Daemon: @unchecked Sendable {
         logger.info(
             "kernel TLS: \(kernelTLS)\(kernelTLS.isAvailable ? "" : "; encrypted connections will copy through user space")"
         )
+        if let authority, let tls = settings.tls {
+            certificates = WorkloadCertificates(
+                authority: authority,
+                lifetimeSeconds: tls.certificateSeconds,
+                kernelTLS: kernelTLS.isAvailable,
+                logger: logger
+            )
+            logger.info(
+                "mesh CA \(authority.subject) (trust domain \(authority.trustDomain), sha256 \(authority.fingerprint.prefix(16))…); workload certificates live \(tls.certificateSeconds) s; mTLS tunnel on :\(relay.tunnelPort)"
+            )
+        } else {
+            logger.info("no mesh CA (--ca-dir): mTLS off; endpoints are reached in plaintext")
+        }
         let home = try NetworkNamespace.current()
         let perLoopConnections = max(1, (budget.maxConnections + relay.loops - 1) / relay.loops)
         var started: [RelayLoop] = []
@@ -253,6 +276,7 @@ public final class Daemon: @unchecked Sendable {
                 logger: logger
             )
             controller.traceHub = hub
+            controller.certificates = certificates
             if let handOff {
                 let adopted = controller.adopt(handOff.pods)
                 logger.notice("takeover: adopted \(adopted) listener(s); re-applying tables in place")
@@ -419,6 +443,7 @@ public final class Daemon: @unchecked Sendable {
             report.meshSource = runtime.snapshot.source
             report.meshServices = runtime.snapshot.services.count
             report.kernelTLS = kernelTLS.description
+            report.mtls = mtlsStatus()
             return report.json()
         }
         return controller.handle(request).line()
@@ -426,6 +451,20 @@ public final class Daemon: @unchecked Sendable {
 }
 
 extension Daemon {
+    /// The mesh CA, certificate lifetime and handshake counters for `loomctl status`.
+    func mtlsStatus() -> String {
+        guard let certificates else { return "null" }
+        let ca = certificates.authority
+        let client = loops.reduce(0) { $0 + $1.metrics.handshakesClient.value }
+        let server = loops.reduce(0) { $0 + $1.metrics.handshakesServer.value }
+        let buffers = loops.reduce(0) { $0 + $1.stats.snapshot().copyBuffers }
+        return "{\"trust_domain\":\"\(jsonEscape(ca.trustDomain))\",\"ca\":\"\(jsonEscape(ca.subject))\","
+            + "\"ca_sha256\":\"\(ca.fingerprint)\",\"ca_expires\":\(ca.notAfter),"
+            + "\"certificate_seconds\":\(certificates.lifetimeSeconds),\"certificates_issued\":\(certificates.issuedCount),"
+            + "\"rotation_failures\":\(certificates.failures),\"tunnel_port\":\(settings.relay.tunnelPort),"
+            + "\"handshakes_client\":\(client),\"handshakes_server\":\(server),\"copy_buffers\":\(buffers)}"
+    }
+
     /// A reload that was refused; the running snapshot stays.
     struct ReloadError: Error {
         let message: String

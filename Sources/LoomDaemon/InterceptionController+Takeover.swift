@@ -45,8 +45,10 @@ extension InterceptionController {
                         id: nextPodIdentifier(),
                         name: path,
                         netns: netns,
-                        namespace: entry.namespace
+                        namespace: entry.namespace,
+                        serviceAccount: entry.serviceAccount
                     )
+                    try certificates?.issue(for: context)
                     let runtime = PodRuntime(context: context)
                     runtime.netfilter = try netns.withEntered { try NetfilterSocket() }
                     var perLoop: [[PodListener]] = Array(repeating: [], count: loops.count)
@@ -67,6 +69,10 @@ extension InterceptionController {
                     runtime.listenerSet = perLoop.flatMap { $0 }
                     runtimes[path] = runtime
                     adopted += handed.count
+                    // The loomd handed over had no CA: this one opens the tunnel port.
+                    if certificates != nil && !handed.contains(where: { $0.kind == .tunnel }) {
+                        try openListeners(runtime, only: [.tunnel])
+                    }
                 } catch {
                     for listener in handed { listener.fd.close() }
                     logger.warning("takeover: cannot adopt pod \(path): \(error); it gets new listeners")

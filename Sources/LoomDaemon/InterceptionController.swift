@@ -45,6 +45,10 @@ final class InterceptionController: @unchecked Sendable {
     let base: InterceptSettings
     private let ipv6: Bool
     private let backlog: Int32
+    private let tunnelPort: UInt16
+    /// Workload certificates (set once by the daemon before `start`; nil: no mesh CA,
+    /// no mTLS and no tunnel listener).
+    var certificates: WorkloadCertificates?
     private let statePath: String?
     let logger: Logger
     private(set) var state: NodeState
@@ -76,6 +80,7 @@ final class InterceptionController: @unchecked Sendable {
         self.base = base
         self.ipv6 = relay.ipv6
         self.backlog = relay.backlog
+        self.tunnelPort = relay.tunnelPort
         self.state = state
         self.statePath = statePath
         self.logger = logger
@@ -99,6 +104,7 @@ final class InterceptionController: @unchecked Sendable {
     /// Once a second: heartbeats for `open` pods, deleted namespaces, pods that appeared.
     func tick() {
         lock.withLock {
+            certificates?.rotateDue(runtimes.values.map(\.context))
             for (path, runtime) in runtimes {
                 if !runtime.context.netns.isStillNamed {
                     podGone(path, runtime)
@@ -309,7 +315,14 @@ final class InterceptionController: @unchecked Sendable {
         if runtime == nil {
             do {
                 let netns = try NetworkNamespace.open(path)
-                let context = PodContext(id: nextPodIdentifier(), name: path, netns: netns, namespace: pod.namespace)
+                let context = PodContext(
+                    id: nextPodIdentifier(),
+                    name: path,
+                    netns: netns,
+                    namespace: pod.namespace,
+                    serviceAccount: pod.serviceAccount
+                )
+                try certificates?.issue(for: context)
                 runtime = PodRuntime(context: context)
                 runtimes[path] = runtime
             } catch {
@@ -344,7 +357,7 @@ final class InterceptionController: @unchecked Sendable {
 
     /// Opens the pod's netlink socket and every loop's listeners inside its netns, then
     /// hands the listeners to the loops.
-    private func openListeners(_ runtime: PodRuntime) throws {
+    func openListeners(_ runtime: PodRuntime, only: Set<CaptureKind>? = nil) throws {
         let pod = runtime.context
         var perLoop: [[PodListener]] = Array(repeating: [], count: loops.count)
         var opened: [FileDescriptor] = []
@@ -353,7 +366,10 @@ final class InterceptionController: @unchecked Sendable {
                 if runtime.netfilter == nil { runtime.netfilter = try NetfilterSocket() }
                 var families: [SocketAddress] = [.v4(address: 0, port: 0)]
                 if ipv6 { families.append(.v6(hi: 0, lo: 0, port: 0)) }
-                for (port, kind) in [(base.outboundPort, CaptureKind.outbound), (base.inboundPort, .inbound)] {
+                var ports = [(base.outboundPort, CaptureKind.outbound), (base.inboundPort, .inbound)]
+                // The mTLS tunnel from other nodes, where this loomd can speak mTLS.
+                if certificates != nil { ports.append((tunnelPort, .tunnel)) }
+                for (port, kind) in ports where only?.contains(kind) ?? true {
                     for any in families {
                         let address = any.with(port: port)
                         do {
@@ -388,7 +404,7 @@ final class InterceptionController: @unchecked Sendable {
             throw error
         }
         for (loop, listeners) in zip(loops, perLoop) { loop.send(.addListeners(listeners)) }
-        runtime.listenerSet = perLoop.flatMap { $0 }
+        runtime.listenerSet += perLoop.flatMap { $0 }
     }
 
     /// Removes the pod's rules, then its listeners; connections in flight go on.
@@ -414,6 +430,7 @@ final class InterceptionController: @unchecked Sendable {
         }
         if !done.wait(timeoutMs: 2000) { logger.warning("pod \(runtime.context.name): a relay loop is slow to let go") }
         runtime.listenerSet = []
+        certificates?.forget(runtime.context)
         runtime.netfilter?.close()
         runtime.netfilter = nil
     }
@@ -475,7 +492,10 @@ final class InterceptionController: @unchecked Sendable {
             accepted: stats.accepted,
             refused: stats.refused,
             error: runtime?.error,
-            changeMs: runtime?.changeMs
+            changeMs: runtime?.changeMs,
+            identity: runtime?.context.tls.context?.certificate.identity.uri,
+            certificateSerial: runtime?.context.tls.context?.certificate.serial,
+            certificateExpires: runtime?.context.tls.context?.certificate.notAfter
         )
     }
 

@@ -15,6 +15,8 @@ public struct StatusReport: Sendable {
     public var meshServices = 0
     /// Whether the kernel offers kTLS (probed at start).
     public var kernelTLS = ""
+    /// The mesh CA and mTLS counters as a JSON object (`null`: no CA).
+    public var mtls = "null"
     public var uptimeMs: Int64
     public var pid: Int
 
@@ -55,6 +57,7 @@ public struct StatusReport: Sendable {
         s +=
             "],\"mesh\":{\"version\":\(meshVersion),\"source\":\"\(jsonEscape(meshSource))\",\"services\":\(meshServices)}"
         s += ",\"kernel_tls\":\"\(jsonEscape(kernelTLS))\""
+        s += ",\"mtls\":\(mtls)"
         s += ",\"pods\":"
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]

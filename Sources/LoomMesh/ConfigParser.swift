@@ -11,12 +11,16 @@
 //       excludeCIDRs: [10.96.0.0/12]   # ADDRESS/LENGTH or a bare address, host bits zero
 //       unmatched: passthrough     # passthrough (default) | refuse: destinations that are no service
 //       accessLog: true            # one JSON line per connection to loomd's --access-log (default false)
+//       mtls: strict               # permissive (default): plaintext inbound connections to the
+//                                  # namespace's pods are accepted | strict: they are refused
 //   pods:                          # also for interception
 //     - {netns: web-1, namespace: shop, serviceAccount: web, intercept: false}   # netns required
 //   defaults:                      # policy every service starts from (same keys as `policy`)
 //     loadBalancing: round-robin   # round-robin | least-connections | power-of-two | ring-hash
 //     connectTimeout: 5s           # durations: a whole number and ms, s, m or h (250ms, 5s, 1m)
 //     retries: 2                   # 0-100
+//     mtls: true                   # true (default): endpoints with an `identity` are reached through
+//                                  # the node-to-node mTLS tunnel when the node has a CA | false: plaintext
 //   services:
 //     - name: web                  # required; letters, digits, '-', '_', '.'
 //       namespace: shop            # default: default
@@ -45,6 +49,16 @@
 //           port: 443
 //           match: {sni: a.example}
 //           to: [{service: backend-a}]  # weight 1-1000000, default 1; service `ns/name` or `name`
+//   policies:                      # authorization of inbound connections (Istio AuthorizationPolicy, simplified)
+//     - name: deny-legacy          # required, unique
+//       namespace: shop            # required: the namespace of the destination pods it protects
+//       action: deny               # required: allow | deny
+//       from:                      # absent: any source (plaintext too); else a source matches if it has
+//         identities: [spiffe://cluster.local/ns/legacy/sa/app]   # one of these identities (this shape)
+//         namespaces: [legacy]     # or its identity is in one of these namespaces; plaintext never matches
+//       to:                        # absent: any pod of the namespace; given both, both must match
+//         services: [web]          # an endpoint (address:port) of one of them; `name` (in `namespace`) or `ns/name`
+//         ports: [8080]            # the destination pod port (endpoint/target port), not the service port
 //
 // Rules beyond the shapes above:
 // - Services are unique by namespace/name; a VIP:port belongs to one service; ports are
@@ -60,6 +74,10 @@
 //   accepts everything the later one does) is kept but reported as a warning
 //   (`MeshConfig.warnings`): it is legal, probably a mistake, and harmless.
 // - A service with no endpoints and no routes is kept; the relay refuses its connections.
+// - Policies: any matching deny policy of the destination's namespace refuses a connection;
+//   else, if the namespace has allow policies, one must match; a namespace without policies
+//   allows everything. Namespaces named by policies must be known: keys of `namespaces`,
+//   namespaces of services and pods, or `default`. Their lists must not be empty.
 // - `null`/`~`/nothing counts as absent. Numbers and booleans must be plain (unquoted);
 //   YAML merge keys (`<<`) are not supported. Aliases are.
 import LoomSystem
@@ -109,20 +127,30 @@ struct ConfigParser {
         var namespaces: [String: NamespaceConfig] = [:]
         var pods: [PodConfig] = []
         var decls: [ServiceDecl] = []
+        var policies: [AuthorizationPolicy] = []
         if let root = reader.compose(yaml), !root.isNull,
-            let top = reader.map(root, "", keys: ["namespaces", "pods", "defaults", "services"])
+            let top = reader.map(root, "", keys: ["namespaces", "pods", "defaults", "services", "policies"])
         {
             if let node = top.value("namespaces") { namespaces = parseNamespaces(node) }
             if let node = top.value("pods") { pods = parsePods(node) }
             var defaults = ServicePolicy()
             if let node = top.value("defaults") { defaults = parsePolicy(node, "defaults", base: defaults) }
             if let node = top.value("services") { decls = parseServices(node, defaults: defaults) }
+            if let node = top.value("policies") {
+                var known: Set<String> = ["default"]
+                known.formUnion(namespaces.keys)
+                known.formUnion(pods.compactMap(\.namespace))
+                known.formUnion(decls.map(\.service.namespace))
+                policies = parseAuthorization(node, namespaces: known, services: decls)
+            }
         }
         let services = resolve(decls)
         guard reader.errorCount == 0 else { throw reader.failure }
         let snapshot = MeshSnapshot(
             services: services,
             unmatched: namespaces.compactMapValues(\.unmatched),
+            mtls: namespaces.compactMapValues(\.mtls),
+            policies: policies,
             source: reader.file
         )
         return MeshConfig(snapshot: snapshot, namespaces: namespaces, pods: pods, warnings: reader.warnings)
@@ -133,7 +161,7 @@ struct ConfigParser {
     private func parseNamespaces(_ node: Node) -> [String: NamespaceConfig] {
         let keys = [
             "intercept", "fail", "excludeOutboundPorts", "excludeInboundPorts", "excludeCIDRs", "unmatched",
-            "accessLog",
+            "accessLog", "mtls",
         ]
         var result: [String: NamespaceConfig] = [:]
         for (name, key, value) in reader.entries(node, "namespaces") ?? [] {
@@ -168,7 +196,8 @@ struct ConfigParser {
                 excludeInboundPorts: inbound,
                 excludeCIDRs: cidrs,
                 unmatched: unmatched,
-                accessLog: reader.bool(map, "accessLog")
+                accessLog: reader.bool(map, "accessLog"),
+                mtls: reader.choice(map, "mtls", "mTLS mode")
             )
         }
         return result
@@ -249,7 +278,7 @@ struct ConfigParser {
     // MARK: Policy
 
     func parsePolicy(_ node: Node, _ path: String, base: ServicePolicy) -> ServicePolicy {
-        let keys = ["loadBalancing", "connectTimeout", "retries", "maxConnections", "outlier", "malformed"]
+        let keys = ["loadBalancing", "connectTimeout", "retries", "maxConnections", "outlier", "malformed", "mtls"]
         guard let map = reader.map(node, path, keys: keys) else { return base }
         var policy = base
         if let value: LoadBalancing = reader.choice(map, "loadBalancing", "load balancing") {
@@ -261,6 +290,7 @@ struct ConfigParser {
         if let value: MalformedPolicy = reader.choice(map, "malformed", "malformed-request policy") {
             policy.malformed = value
         }
+        if let value = reader.bool(map, "mtls") { policy.mtls = value }
         if let outlier = map.value("outlier") {
             policy.outlier = parseOutlier(outlier, map.child("outlier"), base: policy.outlier)
         }

@@ -64,6 +64,8 @@ public struct NamespaceConfig: Sendable, Equatable {
     public var unmatched: UnmatchedPolicy?
     /// Write one access-log line per connection of this namespace's pods.
     public var accessLog: Bool?
+    /// Whether plaintext inbound connections are accepted (also in the snapshot).
+    public var mtls: MTLSMode?
 
     public init(
         intercept: Bool? = nil,
@@ -72,7 +74,8 @@ public struct NamespaceConfig: Sendable, Equatable {
         excludeInboundPorts: [UInt16] = [],
         excludeCIDRs: [String] = [],
         unmatched: UnmatchedPolicy? = nil,
-        accessLog: Bool? = nil
+        accessLog: Bool? = nil,
+        mtls: MTLSMode? = nil
     ) {
         self.intercept = intercept
         self.fail = fail
@@ -81,6 +84,7 @@ public struct NamespaceConfig: Sendable, Equatable {
         self.excludeCIDRs = excludeCIDRs
         self.unmatched = unmatched
         self.accessLog = accessLog
+        self.mtls = mtls
     }
 }
 

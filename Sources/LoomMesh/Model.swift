@@ -88,19 +88,24 @@ public struct ServicePolicy: Sendable, Equatable {
     public var outlier: OutlierPolicy
     /// Malformed or oversized first bytes on a peeked port.
     public var malformed: MalformedPolicy = .passthrough
+    /// True: endpoints that carry an `identity` are reached through the node-to-node mTLS
+    /// tunnel when the node has a CA (the others in plaintext). False: always plaintext.
+    public var mtls: Bool
 
     public init(
         loadBalancing: LoadBalancing = .roundRobin,
         connectTimeoutMs: Int64 = 5_000,
         retries: Int = 2,
         maxConnections: Int? = nil,
-        outlier: OutlierPolicy = OutlierPolicy()
+        outlier: OutlierPolicy = OutlierPolicy(),
+        mtls: Bool = true
     ) {
         self.loadBalancing = loadBalancing
         self.connectTimeoutMs = connectTimeoutMs
         self.retries = retries
         self.maxConnections = maxConnections
         self.outlier = outlier
+        self.mtls = mtls
     }
 }
 
@@ -206,6 +211,23 @@ public struct Service: Sendable, Equatable {
 
     /// `namespace/name`.
     public var qualifiedName: String { "\(namespace)/\(name)" }
+
+    /// Whether a connection to `endpoint` goes through the node-to-node mTLS tunnel: the
+    /// policy allows it, the endpoint carries an identity and the node has a CA.
+    public func usesMTLS(to endpoint: Endpoint, nodeHasCA: Bool) -> Bool {
+        policy.mtls && nodeHasCA && endpoint.identity != nil
+    }
+}
+
+/// Whether a namespace's pods accept plaintext inbound connections (`namespaces.NAME.mtls`).
+public enum MTLSMode: String, Sendable, CaseIterable {
+    /// Plaintext inbound connections are accepted next to mTLS ones (for migration; the default).
+    case permissive
+    /// Plaintext inbound connections to the namespace's pods are refused.
+    case strict
+
+    /// True when a plaintext inbound connection is accepted.
+    public var acceptsPlaintext: Bool { self == .permissive }
 }
 
 /// What happens to a connection whose destination is no service.

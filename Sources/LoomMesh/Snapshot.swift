@@ -7,6 +7,10 @@ public final class MeshSnapshot: Sendable {
     public let services: [Service]
     /// Per namespace: what happens to destinations that are no service.
     public let unmatched: [String: UnmatchedPolicy]
+    /// Per namespace: whether plaintext inbound connections are accepted (absent: permissive).
+    public let mtls: [String: MTLSMode]
+    /// Authorization policies in file order (evaluated by `authorize`).
+    public let policies: [AuthorizationPolicy]
     /// Where it came from (the file path, or the `MeshSource` name), for status and logs.
     public let source: String
     /// Every VIP with every port of its service. O(1) lookups; built in one pass with
@@ -14,12 +18,23 @@ public final class MeshSnapshot: Sendable {
     private let index: [SocketAddress: ServiceRef]
     /// `namespace/name` to index in `services`.
     private let names: [String: Int]
+    /// `policies` compiled: per namespace, and the endpoints of the services they name.
+    let authorization: AuthorizationIndex
 
     /// Indexes `services` as given. Validation is the configuration's job; should two
-    /// services claim one VIP:port anyway, the first in `services` keeps it.
-    public init(services: [Service], unmatched: [String: UnmatchedPolicy] = [:], source: String = "(empty)") {
+    /// services claim one VIP:port anyway, the first in `services` keeps it. A policy's
+    /// service that is not in `services` matches nothing.
+    public init(
+        services: [Service],
+        unmatched: [String: UnmatchedPolicy] = [:],
+        mtls: [String: MTLSMode] = [:],
+        policies: [AuthorizationPolicy] = [],
+        source: String = "(empty)"
+    ) {
         self.services = services
         self.unmatched = unmatched
+        self.mtls = mtls
+        self.policies = policies
         self.source = source
         var index: [SocketAddress: ServiceRef] = [:]
         index.reserveCapacity(services.reduce(0) { $0 + $1.vips.count * $1.ports.count })
@@ -35,6 +50,7 @@ public final class MeshSnapshot: Sendable {
         }
         self.index = index
         self.names = names
+        authorization = AuthorizationIndex(policies: policies, services: services, names: names)
     }
 
     /// The empty mesh: every destination is unmatched (pass-through by default).
@@ -45,6 +61,9 @@ public final class MeshSnapshot: Sendable {
     public func lookup(_ destination: SocketAddress) -> ServiceRef? { index[destination] }
 
     public func unmatchedPolicy(namespace: String) -> UnmatchedPolicy { unmatched[namespace] ?? .passthrough }
+
+    /// Whether the namespace's pods accept plaintext inbound connections.
+    public func mtlsMode(namespace: String) -> MTLSMode { mtls[namespace] ?? .permissive }
 
     /// The index in `services` of `namespace/name`.
     public func serviceIndex(namespace: String, name: String) -> Int? { names["\(namespace)/\(name)"] }
@@ -60,12 +79,16 @@ public final class MeshSnapshot: Sendable {
         return "\(source): \(services.count) services, \(ports) ports, \(endpoints) endpoints, \(routes) routes"
     }
 
-    /// Everything in the snapshot, one service per paragraph, for `loomctl` and debugging.
+    /// Everything in the snapshot, one service per paragraph, for `loomctl` and debugging;
+    /// then namespaces whose mTLS mode is not the default, and the policies, a line each.
     public func describe() -> String {
         var lines = [summary]
         for service in services {
             let vips = service.vips.map(\.host).joined(separator: ", ")
-            lines.append("\(service.qualifiedName) vips [\(vips)] \(service.policy.loadBalancing.rawValue)")
+            lines.append(
+                "\(service.qualifiedName) vips [\(vips)] \(service.policy.loadBalancing.rawValue)"
+                    + (service.policy.mtls ? "" : " mtls off")
+            )
             for port in service.ports {
                 lines.append("  port \(port.port) \(port.appProtocol.rawValue) -> \(port.targetPort)")
                 for route in port.routes {
@@ -80,6 +103,10 @@ public final class MeshSnapshot: Sendable {
                 )
             }
         }
+        for (namespace, mode) in mtls.sorted(by: { $0.key < $1.key }) where mode != .permissive {
+            lines.append("namespace \(namespace) mtls \(mode.rawValue)")
+        }
+        lines += policies.map { "policy \($0.summary)" }
         return lines.joined(separator: "\n")
     }
 }

@@ -3,6 +3,7 @@
 // allocates nothing once the table has grown.
 import LoomMesh
 import LoomSystem
+import LoomTLS
 
 /// Which socket of a connection an event is for.
 public enum Side: UInt64, Sendable {
@@ -62,6 +63,24 @@ final class Connection {
     var connectStartedMicros: Int64 = 0
     var connectMicros: Int64 = -1
 
+    // mTLS (nil `tls`: plaintext on both sides, spliced).
+    /// The TLS side's OpenSSL stream; bytes then copy through `tlsOut`/`tlsIn`.
+    var tls: TLSStream?
+    /// Which socket speaks TLS: `.upstream` when this Loom opened the tunnel, `.client`
+    /// when it accepted one on the tunnel port.
+    var tlsSide = Side.upstream
+    /// Outbound tunnel: the endpoint (pod address and port) the far Loom connects to, and
+    /// the identity its certificate must carry. nil: no tunnel.
+    var tunnelTarget: SocketAddress?
+    var expectedPeer: String?
+    /// Inbound tunnel: the handshake is done and the tunnel header is being read.
+    var awaitingHeader = false
+    var handshakeStartedMicros: Int64 = 0
+    var tlsSummary: TLSSummary?
+    /// Client -> upstream and upstream -> client copy state of an mTLS connection.
+    var tlsOut = CopyFlow()
+    var tlsIn = CopyFlow()
+
     init(index: Int) { self.index = index }
 
     /// The epoll token for one side: generation in the high half, index and side below.
@@ -73,6 +92,25 @@ final class Connection {
     /// Token identifying the connection itself (side bit clear), for queues.
     @inline(__always)
     var identity: UInt64 { token(.client) }
+}
+
+/// One direction of an mTLS connection: bytes are read into a buffer (from the socket
+/// or decrypted by OpenSSL) and written from it. The buffer comes from the loop's pool
+/// when a read needs it and goes back when it is empty, so an idle connection holds none.
+struct CopyFlow {
+    var buffer: UnsafeMutableRawPointer?
+    /// Unsent bytes are `start..<end` of the buffer.
+    var start = 0
+    var end = 0
+    var sourceEnded = false
+    var sinkShut = false
+    /// The last TLS read asked for writability (or a write for readability) first.
+    var readWantsWrite = false
+    var writeWantsRead = false
+    var bytes: UInt64 = 0
+
+    var pending: Int { end - start }
+    var isDone: Bool { sinkShut && end == start }
 }
 
 /// Decoding of epoll tokens. Bit 31 of the low half marks a listener.

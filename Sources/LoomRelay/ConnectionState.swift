@@ -31,6 +31,20 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
     case malformedRequest
     /// An unexpected error on a call.
     case error(call: String, errno: Int32)
+    /// The mTLS handshake failed (bad or missing certificate, protocol error, peer gone).
+    case handshakeFailed(String)
+    /// The mTLS handshake (and, inbound, the tunnel header) did not finish in time.
+    case handshakeTimeout
+    /// The server's certificate names another workload than the endpoint's identity.
+    case identityMismatch(expected: String, presented: String)
+    /// The authorization policy denies the source (the deciding policy in the text).
+    case denied(String)
+    /// A plaintext connection to a pod whose namespace is STRICT.
+    case plaintextRefused
+    /// The tunnel header after the handshake was malformed or names another pod.
+    case badTunnelHeader(String)
+    /// The pod has no workload certificate (loomd runs without a CA).
+    case noCertificate
 
     public var description: String {
         switch self {
@@ -48,6 +62,14 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
         case .noEndpoint: return "refused: no endpoint available"
         case .malformedRequest: return "refused: malformed first bytes (service policy)"
         case .error(let call, let e): return "\(call) failed (errno \(e))"
+        case .handshakeFailed(let why): return "mTLS handshake failed: \(why)"
+        case .handshakeTimeout: return "mTLS handshake timeout"
+        case .identityMismatch(let expected, let presented):
+            return "refused: server identity \(presented) is not the endpoint's \(expected)"
+        case .denied(let why): return "refused: \(why)"
+        case .plaintextRefused: return "refused: plaintext inbound and the namespace's mTLS mode is STRICT"
+        case .badTunnelHeader(let why): return "refused: bad tunnel header: \(why)"
+        case .noCertificate: return "refused: no workload certificate (loomd has no CA)"
         }
     }
 
@@ -69,6 +91,9 @@ public struct ConnectionState: Equatable, Sendable {
         case peeking(since: Int64)
         /// Waiting for the upstream connect; `since` is when it started.
         case connecting(since: Int64)
+        /// The mTLS handshake (and, on the tunnel port, the tunnel header) is under way;
+        /// `since` is when it started.
+        case handshaking(since: Int64)
         /// Both sockets are up; bytes flow.
         case relaying
     }
@@ -92,6 +117,9 @@ public struct ConnectionState: Equatable, Sendable {
     /// An upstream connect (the first, or a retry on another endpoint) starts at `now`.
     public mutating func startConnecting(now: Int64) { phase = .connecting(since: now) }
 
+    /// An mTLS handshake starts at `now`.
+    public mutating func startHandshake(now: Int64) { phase = .handshaking(since: now) }
+
     /// The upstream connect completed.
     public mutating func connected(now: Int64) {
         phase = .relaying
@@ -108,10 +136,17 @@ public struct ConnectionState: Equatable, Sendable {
     public var hasBufferedBytes: Bool { outbound.buffered > 0 || inbound.buffered > 0 }
 
     /// A timeout that has fired at `now`, if any.
-    public func timeoutCheck(now: Int64, connectTimeoutMs: Int64, idleTimeoutMs: Int64) -> CloseReason? {
+    public func timeoutCheck(
+        now: Int64,
+        connectTimeoutMs: Int64,
+        idleTimeoutMs: Int64,
+        handshakeTimeoutMs: Int64 = 10_000
+    ) -> CloseReason? {
         switch phase {
         case .peeking:
             return nil  // the loop decides when peeking has waited long enough
+        case .handshaking(let since):
+            return now - since >= handshakeTimeoutMs ? .handshakeTimeout : nil
         case .connecting(let since):
             return now - since >= connectTimeoutMs ? .connectTimeout : nil
         case .relaying:

@@ -20,6 +20,8 @@ public struct LoopCounters: Sendable, Equatable {
     /// Times a direction had to wait for a pipe (the page budget was used up).
     public var pipeWaits = 0
     public var acceptPaused = false
+    /// Copy buffers held by mTLS connections now.
+    public var copyBuffers = 0
 
     public init() {}
 
@@ -38,6 +40,7 @@ public struct LoopCounters: Sendable, Equatable {
         r.pipeWaiters = a.pipeWaiters + b.pipeWaiters
         r.pipeWaits = a.pipeWaits + b.pipeWaits
         r.acceptPaused = a.acceptPaused || b.acceptPaused
+        r.copyBuffers = a.copyBuffers + b.copyBuffers
         return r
     }
 }
@@ -56,6 +59,7 @@ public final class LoopStats: Sendable {
     private let pipeWaiters = Atomic<Int>(0)
     private let pipeWaits = Atomic<Int>(0)
     private let acceptPaused = Atomic<Bool>(false)
+    private let copyBuffers = Atomic<Int>(0)
 
     public init() {}
 
@@ -73,6 +77,7 @@ public final class LoopStats: Sendable {
         pipeWaiters.store(c.pipeWaiters, ordering: .relaxed)
         pipeWaits.store(c.pipeWaits, ordering: .relaxed)
         acceptPaused.store(c.acceptPaused, ordering: .relaxed)
+        copyBuffers.store(c.copyBuffers, ordering: .relaxed)
     }
 
     /// The latest published counters.
@@ -90,6 +95,7 @@ public final class LoopStats: Sendable {
         c.pipeWaiters = pipeWaiters.load(ordering: .relaxed)
         c.pipeWaits = pipeWaits.load(ordering: .relaxed)
         c.acceptPaused = acceptPaused.load(ordering: .relaxed)
+        c.copyBuffers = copyBuffers.load(ordering: .relaxed)
         return c
     }
 }

@@ -2,6 +2,7 @@
 // listeners, and counters the admin API reads per pod.
 import Dispatch
 import LoomSystem
+import LoomTLS
 import Synchronization
 
 /// One intercepted pod, shared by every loop that holds one of its listeners. The netns
@@ -14,19 +15,45 @@ public final class PodContext: Sendable {
     public let netns: NetworkNamespace
     /// Mesh namespace (decides what happens to destinations that are no service).
     public let namespace: String
+    /// Service account (with the namespace, the pod's workload identity).
+    public let serviceAccount: String
+    /// The pod's workload certificate as a TLS context, replaced at rotation.
+    public let tls = PodTLS()
     public let stats = PodStats()
     /// Trace subscriptions and access logs covering this pod. The loops build a
     /// `RelayEvent` only while it is non-zero.
     public let traced = Atomic<Int>(0)
 
-    public init(id: Int, name: String, netns: NetworkNamespace, namespace: String = "default") {
+    public init(
+        id: Int,
+        name: String,
+        netns: NetworkNamespace,
+        namespace: String = "default",
+        serviceAccount: String = "default"
+    ) {
         self.id = id
         self.name = name
         self.netns = netns
         self.namespace = namespace
+        self.serviceAccount = serviceAccount
     }
 
     deinit { netns.fd.close() }
+}
+
+/// A pod's current TLS context (its workload certificate and the mesh CA). The control
+/// plane installs a new one at rotation; a loop takes the current one when an mTLS
+/// connection starts, and the connection keeps it (OpenSSL counts the references), so a
+/// rotation never touches a connection in flight.
+public final class PodTLS: Sendable {
+    private let current = Mutex<TLSContext?>(nil)
+
+    public init() {}
+
+    /// The context new connections use (nil: no certificate, mTLS unavailable).
+    public var context: TLSContext? { current.withLock { $0 } }
+
+    public func install(_ context: TLSContext?) { current.withLock { $0 = context } }
 }
 
 /// Per-pod connection counters, updated by the loops when connections open and close
@@ -74,6 +101,8 @@ public enum CaptureKind: String, Sendable {
     case outbound
     /// Connections made to the pod (15006).
     case inbound
+    /// mTLS tunnel connections from other Loom nodes to the pod (15008).
+    case tunnel
 }
 
 /// A listening socket the controller opened in a pod's netns, handed to one loop.

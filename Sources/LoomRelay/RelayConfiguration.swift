@@ -29,6 +29,11 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// before it is routed without them (milliseconds). Server-speaks-first protocols
     /// belong on `tcp` ports, which never wait.
     public var peekTimeoutMs: Int64
+    /// The port other Loom nodes' mTLS tunnels arrive on, in every pod (15008).
+    public var tunnelPort: UInt16
+    /// An mTLS handshake (with the tunnel header, inbound) must finish within this long
+    /// (milliseconds), or the connection is closed.
+    public var handshakeTimeoutMs: Int64
 
     public init(
         loops: Int = 1,
@@ -41,7 +46,9 @@ public struct RelayConfiguration: Sendable, Equatable {
         backlog: Int32 = 4096,
         ipv6: Bool = true,
         busyPollMicroseconds: Int64 = 0,
-        peekTimeoutMs: Int64 = 500
+        peekTimeoutMs: Int64 = 500,
+        tunnelPort: UInt16 = LoomPorts.tunnel,
+        handshakeTimeoutMs: Int64 = 10_000
     ) {
         self.loops = loops
         self.outboundPort = outboundPort
@@ -54,6 +61,8 @@ public struct RelayConfiguration: Sendable, Equatable {
         self.ipv6 = ipv6
         self.busyPollMicroseconds = busyPollMicroseconds
         self.peekTimeoutMs = peekTimeoutMs
+        self.tunnelPort = tunnelPort
+        self.handshakeTimeoutMs = handshakeTimeoutMs
     }
 
 }

@@ -14,6 +14,16 @@ public enum EndCode: Int, CaseIterable, Sendable, Codable {
     case refusedNoDestination
     /// Refused at accept: aimed at Loom's own listener.
     case refusedLoop
+    /// mTLS: the handshake failed, timed out, or the server was another workload.
+    case tlsHandshakeFailed, tlsHandshakeTimeout, tlsIdentityMismatch
+    /// The authorization policy denied the source.
+    case deniedPolicy
+    /// Plaintext inbound to a STRICT namespace.
+    case deniedPlaintext
+    /// The tunnel header was malformed or named another pod.
+    case tunnelHeaderInvalid
+    /// No workload certificate to speak mTLS with.
+    case tlsUnavailable
 
     public var label: String {
         switch self {
@@ -33,12 +43,25 @@ public enum EndCode: Int, CaseIterable, Sendable, Codable {
         case .error: return "error"
         case .refusedNoDestination: return "refused_not_redirected"
         case .refusedLoop: return "refused_loop"
+        case .tlsHandshakeFailed: return "tls_handshake_failed"
+        case .tlsHandshakeTimeout: return "tls_handshake_timeout"
+        case .tlsIdentityMismatch: return "tls_identity_mismatch"
+        case .deniedPolicy: return "denied_policy"
+        case .deniedPlaintext: return "denied_plaintext"
+        case .tunnelHeaderInvalid: return "tunnel_header_invalid"
+        case .tlsUnavailable: return "tls_unavailable"
         }
     }
 
     /// Ends that are the mesh's policy refusing a connection (not a failure of a peer).
     public var isDenial: Bool {
-        self == .deniedUnmatched || self == .circuitOpen || self == .malformed || self == .refusedLoop
+        switch self {
+        case .deniedUnmatched, .circuitOpen, .malformed, .refusedLoop, .deniedPolicy, .deniedPlaintext,
+            .tlsIdentityMismatch:
+            return true
+        default:
+            return false
+        }
     }
 }
 
@@ -59,6 +82,13 @@ extension CloseReason {
         case .noEndpoint: return .noEndpoint
         case .malformedRequest: return .malformed
         case .error: return .error
+        case .handshakeFailed: return .tlsHandshakeFailed
+        case .handshakeTimeout: return .tlsHandshakeTimeout
+        case .identityMismatch: return .tlsIdentityMismatch
+        case .denied: return .deniedPolicy
+        case .plaintextRefused: return .deniedPlaintext
+        case .badTunnelHeader: return .tunnelHeaderInvalid
+        case .noCertificate: return .tlsUnavailable
         }
     }
 }
@@ -116,6 +146,10 @@ public enum RoutingDecision: Int, CaseIterable, Sendable {
     case circuitOpen
     case noEndpoint
     case malformed
+    /// Reached through the node-to-node mTLS tunnel (outbound).
+    case tunnel
+    /// Refused by the authorization policy, or plaintext to a STRICT namespace (inbound).
+    case deniedPolicy
 
     public var label: String {
         switch self {
@@ -125,13 +159,21 @@ public enum RoutingDecision: Int, CaseIterable, Sendable {
         case .circuitOpen: return "circuit_open"
         case .noEndpoint: return "no_endpoint"
         case .malformed: return "malformed_request"
+        case .tunnel: return "tunnel"
+        case .deniedPolicy: return "denied_policy"
         }
     }
 }
 
-/// A loop's metrics beyond its counters: connect latency and routing decisions.
+/// A loop's metrics beyond its counters: connect latency, routing decisions, mTLS
+/// handshakes.
 public final class RelayMetrics: Sendable {
     public let connectLatency = LatencyHistogram()
+    /// Completed mTLS handshakes as client (outbound tunnel) and as server (port 15008),
+    /// and how long they took.
+    public let handshakesClient = Counter()
+    public let handshakesServer = Counter()
+    public let handshakeLatency = LatencyHistogram()
     public let decisions: [Counter] = RoutingDecision.allCases.map { _ in Counter() }
     public init() {}
     @inline(__always)
@@ -172,6 +214,8 @@ public struct RelayEvent: Sendable {
     public var end: EndCode?
     /// A human explanation of the end (the close reason's text).
     public var endDetail: String?
+    /// mTLS details; nil for plaintext.
+    public var tls: TLSSummary?
 
     public init(
         kind: Kind,
@@ -189,6 +233,39 @@ public struct RelayEvent: Sendable {
         self.destination = destination
         self.openedAtMs = openedAtMs
         self.atMs = atMs
+    }
+}
+
+/// What a trace shows of a connection's mTLS side.
+public struct TLSSummary: Sendable, Equatable {
+    /// `client` (this Loom opened the tunnel) or `server` (it accepted it on 15008).
+    public var role: String
+    public var localIdentity: String
+    /// The peer's SPIFFE ID once verified (nil before, or if the handshake failed).
+    public var peerIdentity: String?
+    public var version: String?
+    public var cipher: String?
+    /// Serial of the local workload certificate used (changes at rotation).
+    public var localSerial: String
+    /// `kernel` when kTLS carries the records, `user` when Loom copies through buffers.
+    public var dataPath: String
+
+    public init(
+        role: String,
+        localIdentity: String,
+        peerIdentity: String? = nil,
+        version: String? = nil,
+        cipher: String? = nil,
+        localSerial: String,
+        dataPath: String = "user"
+    ) {
+        self.role = role
+        self.localIdentity = localIdentity
+        self.peerIdentity = peerIdentity
+        self.version = version
+        self.cipher = cipher
+        self.localSerial = localSerial
+        self.dataPath = dataPath
     }
 }
 

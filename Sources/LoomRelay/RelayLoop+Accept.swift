@@ -75,6 +75,10 @@ extension RelayLoop {
     private func open(client fd: FileDescriptor, peer: SocketAddress?, listener: PodListener) {
         let clientAddress = ClientAddress(peer ?? .v4(address: 0, port: 0))
         let pod = listener.pod
+        if listener.kind == .tunnel {
+            openTunnel(client: fd, peer: clientAddress, listener: listener)
+            return
+        }
         let destination: OriginalDestination
         do {
             destination = try fd.originalDestination(family: listener.family)
@@ -126,8 +130,11 @@ extension RelayLoop {
             close(conn, reason: connectFailure(error))
             return
         }
-        if mesh.version != routing.runtime.version {
-            routing = LoopRouting(runtime: mesh.runtime, seed: UInt64(id + 1) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(now))
+        refreshRouting()
+        if listener.kind == .inbound, let reason = inboundRefusal(pod, destination.address) {
+            metrics.decided(.deniedPolicy)
+            close(conn, reason: reason)
+            return
         }
         guard let ref = routing.snapshot.lookup(destination.address) else {
             // Not a service: pass through to the original destination, or refuse.
@@ -149,6 +156,54 @@ extension RelayLoop {
             return
         }
         route(conn, outcome: nil)
+    }
+
+    /// Picks up the newest mesh snapshot if one was published since the last connection.
+    func refreshRouting() {
+        if mesh.version != routing.runtime.version {
+            routing = LoopRouting(runtime: mesh.runtime, seed: UInt64(id + 1) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(now))
+        }
+    }
+
+    /// Plaintext inbound (15006): refused when the pod's namespace is STRICT, or when
+    /// the authorization policy denies a source without identity.
+    private func inboundRefusal(_ pod: PodContext, _ destination: SocketAddress) -> CloseReason? {
+        let snapshot = routing.snapshot
+        if snapshot.mtlsMode(namespace: pod.namespace) == .strict { return .plaintextRefused }
+        let decision = snapshot.authorize(
+            sourceIdentity: nil,
+            sourceNamespace: nil,
+            destinationNamespace: pod.namespace,
+            destination: destination
+        )
+        return decision.allowed ? nil : .denied(decision.reason)
+    }
+
+    /// A connection on the tunnel port (15008) from another Loom node: the TLS handshake
+    /// comes first; the tunnel header then says where it goes (RelayLoop+TLS.swift).
+    private func openTunnel(client fd: FileDescriptor, peer: ClientAddress, listener: PodListener) {
+        let pod = listener.pod
+        let conn = takeSlot()
+        conn.pod = pod
+        pod.stats.active.add(1, ordering: .relaxed)
+        conn.client = fd
+        conn.clientAddress = peer
+        conn.destination = OriginalDestination(fd.localAddress() ?? .v4(address: 0, port: 0))
+        conn.state = ConnectionState(now: now)
+        conn.connectTimeoutMs = config.connectTimeoutMs
+        conn.capture = .tunnel
+        conn.openedAt = now
+        conn.connectMicros = -1
+        conn.route = -1
+        do {
+            try fd.setNoDelay()
+            let interest: EpollEvents = [.readable, .writable, .readHangup, .edgeTriggered]
+            try epoll.add(fd, interest: interest, token: conn.token(.client))
+        } catch {
+            close(conn, reason: connectFailure(error))
+            return
+        }
+        startHandshake(conn, side: .client)
     }
 
     /// Maps a failed connect to a close reason, logging what to check.

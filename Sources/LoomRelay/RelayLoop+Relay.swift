@@ -46,6 +46,10 @@ extension RelayLoop {
                 if readable { peekAndRoute(conn) }
                 return
             }
+            if case .handshaking = conn.state.phase {
+                if conn.tlsSide == .client { advanceHandshake(conn) }
+                return
+            }
         case .upstream:
             if readable { conn.state.inbound.sourceReadable = true }
             if hungUp { conn.state.inbound.sourceHungUp = true }
@@ -64,6 +68,10 @@ extension RelayLoop {
                 }
                 upstreamConnected(conn)
             }
+            if case .handshaking = conn.state.phase {
+                if conn.tlsSide == .upstream { advanceHandshake(conn) }
+                return
+            }
         }
         drive(conn)
     }
@@ -71,6 +79,10 @@ extension RelayLoop {
     /// Pumps both directions within the fairness budget; closes the connection when done.
     func drive(_ conn: Connection) {
         guard case .relaying = conn.state.phase else { return }
+        if conn.tls != nil {
+            driveCopy(conn)
+            return
+        }
         var budget = Self.fairnessBudget
         if let reason = pump(conn, .outbound, budget: &budget) ?? pump(conn, .inbound, budget: &budget) {
             close(conn, reason: reason)
@@ -291,7 +303,8 @@ extension RelayLoop {
     /// Closes both sockets and frees the slot. A reset reason, or bytes left in a pipe,
     /// make both peers see RST: a truncated stream must never look complete.
     func close(_ conn: Connection, reason: CloseReason) {
-        let reset = reason.resets || conn.state.hasBufferedBytes
+        let reset =
+            reason.resets || conn.state.hasBufferedBytes || conn.tlsOut.pending > 0 || conn.tlsIn.pending > 0
         if reset {
             conn.client.setResetOnClose()
             if conn.upstream.rawValue >= 0 { conn.upstream.setResetOnClose() }
@@ -315,6 +328,7 @@ extension RelayLoop {
             runtime.counters[conn.service].failed.add(1, ordering: .relaxed)
         }
         conn.pod = nil
+        if conn.tls != nil || conn.tlsOut.buffer != nil { releaseTLS(conn) }
         if case .peeking = conn.state.phase { peeking -= 1 }
         if let runtime = conn.runtime {
             if conn.countedInService { runtime.counters[conn.service].active.subtract(1, ordering: .relaxed) }
@@ -388,6 +402,7 @@ extension RelayLoop {
         event.bytesOut = conn.state.outbound.bytesRelayed
         event.bytesIn = conn.state.inbound.bytesRelayed
         event.connectMicros = conn.connectMicros
+        event.tls = conn.tlsSummary
         return event
     }
 }

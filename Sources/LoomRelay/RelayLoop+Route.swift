@@ -98,12 +98,18 @@ extension RelayLoop {
         }
         conn.endpoint = endpoint
         conn.tried.insert(endpoint)
-        connectUpstream(
-            conn,
-            to: UpstreamAddress(
-                runtime.snapshot.address(service: conn.service, port: conn.servicePort, endpoint: endpoint)
-            )
-        )
+        let address = runtime.snapshot.address(service: conn.service, port: conn.servicePort, endpoint: endpoint)
+        if let peer = tunnelPeer(conn, runtime, endpoint: endpoint) {
+            // A meshed pod: through its node's mTLS tunnel port, not its app port.
+            conn.tunnelTarget = address
+            conn.expectedPeer = peer
+            if conn.tried.count == 1 { metrics.decided(.tunnel) }
+            connectUpstream(conn, to: UpstreamAddress(address.with(port: config.tunnelPort)))
+        } else {
+            conn.tunnelTarget = nil
+            conn.expectedPeer = nil
+            connectUpstream(conn, to: UpstreamAddress(address))
+        }
     }
 
     /// Creates the upstream socket in the pod's netns (the pod's own source address),
@@ -130,11 +136,20 @@ extension RelayLoop {
         }
     }
 
-    /// The upstream connect completed.
+    /// The upstream connect completed: relay, or first the tunnel's handshake.
     func upstreamConnected(_ conn: Connection) {
-        conn.state.connected(now: now)
         conn.connectMicros = SystemProcess.nowMicroseconds() - conn.connectStartedMicros
         metrics.connectLatency.observe(micros: conn.connectMicros)
+        if conn.tunnelTarget != nil && conn.tls == nil {
+            startHandshake(conn, side: .upstream)
+            return
+        }
+        relayStarted(conn)
+    }
+
+    /// Both sides are up (and, for a tunnel, handshaken): bytes may flow.
+    func relayStarted(_ conn: Connection) {
+        conn.state.connected(now: now)
         if let pod = conn.pod, pod.traced.load(ordering: .relaxed) != 0 {
             events.push(event(conn, .opened, pod: pod))
         }

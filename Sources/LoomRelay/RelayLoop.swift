@@ -62,6 +62,8 @@ public final class RelayLoop: @unchecked Sendable {
     /// Allocated once; a copy step fills and empties it within one call, so no
     /// connection ever owns bytes here.
     let scratch = UnsafeMutableRawPointer.allocate(byteCount: FlowState.copyChunk, alignment: 64)
+    /// Free copy buffers of mTLS connections (`copyBufferSize` bytes each).
+    var copyBuffers: [UnsafeMutableRawPointer] = []
     var now: Int64 = 0
     /// Accept is paused until this time (fd exhaustion), or while at the connection limit.
     var acceptPausedUntil: Int64 = 0
@@ -97,6 +99,7 @@ public final class RelayLoop: @unchecked Sendable {
 
     deinit {
         scratch.deallocate()
+        for buffer in copyBuffers { buffer.deallocate() }
         bell.close()
     }
 
@@ -298,7 +301,8 @@ public final class RelayLoop: @unchecked Sendable {
             if let reason = conn.state.timeoutCheck(
                 now: now,
                 connectTimeoutMs: conn.connectTimeoutMs,
-                idleTimeoutMs: config.idleTimeoutMs
+                idleTimeoutMs: config.idleTimeoutMs,
+                handshakeTimeoutMs: config.handshakeTimeoutMs
             ) {
                 if reason == .connectTimeout {
                     if logBudget.allow(now: now) {

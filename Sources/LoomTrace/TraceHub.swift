@@ -494,7 +494,18 @@ public final class TraceHub: @unchecked Sendable {
             }
         }
         record.endpoint = event.upstream?.description
-        record.tls = "none"
+        record.tls = event.tls == nil ? "none" : "mtls"
+        if let tls = event.tls {
+            record.mtls = MTLSDetail(
+                role: tls.role,
+                local: tls.localIdentity,
+                serial: tls.localSerial,
+                peer: tls.peerIdentity,
+                version: tls.version,
+                cipher: tls.cipher,
+                dataPath: tls.dataPath
+            )
+        }
         record.bytesOut = event.bytesOut
         record.bytesIn = event.bytesIn
         if event.connectMicros >= 0 { record.connectMs = Double(event.connectMicros) / 1000 }

@@ -25,6 +25,44 @@ public struct KernelVerdict: Codable, Equatable, Sendable {
     }
 }
 
+/// The mTLS side of a connection: who this Loom was, whom it verified, and how.
+public struct MTLSDetail: Codable, Equatable, Sendable {
+    /// `client` (this node opened the tunnel) or `server` (it accepted it on 15008).
+    public var role: String
+    /// The local workload identity and the serial of the certificate used.
+    public var local: String
+    public var serial: String
+    /// The peer's verified SPIFFE ID (absent when the handshake failed).
+    public var peer: String?
+    public var version: String?
+    public var cipher: String?
+    /// `user` (copied through buffers) or `kernel` (kTLS).
+    public var dataPath: String
+
+    public init(
+        role: String,
+        local: String,
+        serial: String,
+        peer: String?,
+        version: String?,
+        cipher: String?,
+        dataPath: String
+    ) {
+        self.role = role
+        self.local = local
+        self.serial = serial
+        self.peer = peer
+        self.version = version
+        self.cipher = cipher
+        self.dataPath = dataPath
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case role, local, serial, peer, version, cipher
+        case dataPath = "data_path"
+    }
+}
+
 /// One trace event.
 public struct TraceRecord: Codable, Equatable, Sendable {
     /// `open` (upstream connected), `close` (ended; `end` says how), `bypass` (the kernel
@@ -48,8 +86,9 @@ public struct TraceRecord: Codable, Equatable, Sendable {
     public var target: String?
     /// Where Loom connected.
     public var endpoint: String?
-    /// `none` (plaintext) until mTLS lands; then the identities.
+    /// `none` (plaintext) or `mtls` (the node-to-node tunnel; `mtls` has the identities).
     public var tls: String?
+    public var mtls: MTLSDetail?
     public var bytesOut: UInt64?
     public var bytesIn: UInt64?
     public var durationMs: Double?
@@ -68,7 +107,7 @@ public struct TraceRecord: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case event, time, pod, namespace, direction, client, destination, kernel, service, route, target, endpoint,
-            tls
+            tls, mtls
         case bytesOut = "bytes_out"
         case bytesIn = "bytes_in"
         case durationMs = "duration_ms"
@@ -112,7 +151,11 @@ public struct TraceRecord: Codable, Equatable, Sendable {
             parts.append(text)
         }
         if let endpoint { parts.append("-> \(endpoint)") }
-        if let tls, tls != "none" { parts.append("tls \(tls)") }
+        if let mtls {
+            var text = "mtls \(mtls.role) \(mtls.local)"
+            if let peer = mtls.peer { text += mtls.role == "client" ? " => \(peer)" : " <= \(peer)" }
+            parts.append(paint(text, "34"))
+        }
         switch event {
         case "open":
             parts.append(paint("open", "32"))

@@ -52,6 +52,16 @@ enum StatusText {
             lines.append("mesh         no services configured: every connection passes through to its destination")
         }
         if let tls = object["kernel_tls"] as? String, !tls.isEmpty { lines.append("kernel TLS   \(tls)") }
+        if let m = object["mtls"] as? [String: Any] {
+            lines.append(
+                "mTLS         trust domain \(v(m, "trust_domain")), CA \(v(m, "ca")) (sha256 \(String(v(m, "ca_sha256").prefix(16)))…), tunnel port \(v(m, "tunnel_port"))"
+            )
+            lines.append(
+                "             certificates live \(v(m, "certificate_seconds")) s, \(v(m, "certificates_issued")) issued, \(v(m, "rotation_failures")) rotation failures; handshakes as client \(v(m, "handshakes_client")), as server \(v(m, "handshakes_server")); copy buffers in use \(v(m, "copy_buffers"))"
+            )
+        } else {
+            lines.append("mTLS         off (no mesh CA: start loomd with --ca-dir; `loomctl ca init` makes one)")
+        }
         let pods = object["pods"] as? [[String: Any]] ?? []
         lines.append("")
         if pods.isEmpty {
@@ -59,11 +69,23 @@ enum StatusText {
                 "no pods: add them with `loomctl pod add` or `loomctl enable --netns`, or list them in --config"
             )
         } else {
+            let withTLS = pods.contains { $0["identity"] != nil }
+            var keys = ["netns", "namespace", "state", "fail", "generation", "listeners", "active", "accepted", "refused"]
             var rows = [["NETNS", "NAMESPACE", "STATE", "FAIL", "GEN", "LISTENERS", "ACTIVE", "ACCEPTED", "REFUSED"]]
+            if withTLS {
+                keys += ["identity", "certificateSerial", "certificateExpires"]
+                rows[0] += ["IDENTITY", "CERT SERIAL", "CERT EXPIRES"]
+            }
             for pod in pods {
                 rows.append(
-                    ["netns", "namespace", "state", "fail", "generation", "listeners", "active", "accepted", "refused"]
-                        .map { pod[$0].map { "\($0)" } ?? "-" }
+                    keys.map { key in
+                        guard let value = pod[key] else { return "-" }
+                        if key == "certificateSerial" { return String("\(value)".prefix(12)) }
+                        if key == "certificateExpires", let seconds = value as? Int {
+                            return ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(seconds)))
+                        }
+                        return "\(value)"
+                    }
                 )
             }
             let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }

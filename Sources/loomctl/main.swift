@@ -8,7 +8,7 @@ struct Loomctl: ParsableCommand {
         abstract: "Operate Loom: switch interception on and off, see the node daemon's state.",
         subcommands: [
             Status.self, Enable.self, Disable.self, Pod.self, Uninstall.self, Routes.self, Explain.self, Reload.self,
-            Config.self, Rules.self, Trace.self, Top.self, Metrics.self,
+            Config.self, Rules.self, Trace.self, Top.self, Metrics.self, CA.self,
         ]
     )
 }

@@ -129,6 +129,36 @@ struct Loomd: ParsableCommand {
     )
     var keepCapabilities = false
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Mesh CA directory (ca.crt, ca.key; `loomctl ca init` makes one): switches mTLS on: workload certificates for every pod, the tunnel port, encrypted connections to endpoints that carry an identity.",
+            valueName: "dir"
+        )
+    )
+    var caDir: String?
+
+    @Option(name: .long, help: ArgumentHelp("An existing CA's certificate (PEM), with --ca-key.", valueName: "file"))
+    var caCert: String?
+
+    @Option(name: .long, help: ArgumentHelp("An existing CA's private key (PEM, mode 0600).", valueName: "file"))
+    var caKey: String?
+
+    @Option(name: .long, help: "SPIFFE trust domain (default: the CA certificate's spiffe:// URI).")
+    var trustDomain: String?
+
+    @Option(
+        name: .long,
+        help: "Lifetime of workload certificates (90s, 30m, 24h, 7d); each is re-issued after half of it."
+    )
+    var certTtl: String = "24h"
+
+    @Option(name: .long, help: "mTLS tunnel port inside each pod (other Loom nodes connect to it).")
+    var tunnelPort: UInt16 = LoomPorts.tunnel
+
+    @Option(name: .long, help: "Seconds an mTLS handshake (with the tunnel header) may take.")
+    var handshakeTimeout: Double = 10
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -165,6 +195,18 @@ struct Loomd: ParsableCommand {
             throw ValidationError("--trace-buffer must be between 1 and 1000000 records")
         }
         if accessLog.isEmpty { throw ValidationError("--access-log must be a file path, or - for standard output") }
+        guard let ttl = Self.seconds(certTtl), ttl >= 10 else {
+            throw ValidationError("--cert-ttl must be a duration of at least 10s, such as 90s, 30m, 24h or 7d (got '\(certTtl)')")
+        }
+        if ttl > 366 * 86400 { throw ValidationError("--cert-ttl must be at most 366d: workload certificates are short-lived") }
+        if (caCert == nil) != (caKey == nil) { throw ValidationError("--ca-cert and --ca-key go together") }
+        if caDir != nil && caCert != nil { throw ValidationError("give either --ca-dir or --ca-cert/--ca-key, not both") }
+        if [outboundPort, inboundPort].contains(tunnelPort) || tunnelPort == 0 {
+            throw ValidationError("--tunnel-port must differ from --outbound-port and --inbound-port")
+        }
+        if handshakeTimeout <= 0 || handshakeTimeout > 300 {
+            throw ValidationError("--handshake-timeout must be between 0 and 300 seconds")
+        }
         if let metricsAddress, MetricsAddress(parsing: metricsAddress) == nil {
             throw ValidationError(
                 "--metrics-address must be HOST:PORT, such as 127.0.0.1:15090 or [::1]:15090 (got '\(metricsAddress)')"
@@ -190,13 +232,16 @@ struct Loomd: ParsableCommand {
             maxConnections: maxConnections,
             ipv6: !noIpv6,
             busyPollMicroseconds: busyPoll,
-            peekTimeoutMs: Int64(peekTimeout * 1000)
+            peekTimeoutMs: Int64(peekTimeout * 1000),
+            tunnelPort: tunnelPort,
+            handshakeTimeoutMs: Int64(handshakeTimeout * 1000)
         )
         var settings = DaemonSettings(
             relay: relay,
             intercept: InterceptSettings(
                 outboundPort: outboundPort,
                 inboundPort: inboundPort,
+                tunnelPort: tunnelPort,
                 mark: relay.socketMark,
                 heartbeatSeconds: heartbeat
             ),
@@ -213,6 +258,15 @@ struct Loomd: ParsableCommand {
         settings.dropCapabilities = !keepCapabilities
         settings.takeover = takeover
         settings.lingerAfterHandOver = lingerAfterHandover
+        if caDir != nil || caCert != nil {
+            settings.tls = MeshTLSSettings(
+                caDirectory: caDir,
+                caCertificate: caCert,
+                caKey: caKey,
+                trustDomain: trustDomain,
+                certificateSeconds: Self.seconds(certTtl) ?? 86400
+            )
+        }
         let daemon = Daemon(settings: settings, logger: logger)
         do {
             try daemon.start()
@@ -221,6 +275,17 @@ struct Loomd: ParsableCommand {
             throw ExitCode(1)
         }
         daemon.runUntilSignalled()
+    }
+}
+
+extension Loomd {
+    /// Seconds in a duration such as `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
+    static func seconds(_ text: String) -> Int64? {
+        let units: [Character: Int64] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        guard let last = text.last else { return nil }
+        let (digits, unit) = units[last].map { (text.dropLast(), $0) } ?? (Substring(text), 1)
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), let n = Int64(digits), n > 0 else { return nil }
+        return n.multipliedReportingOverflow(by: unit).overflow ? nil : n * unit
     }
 }
 

@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -646,3 +647,63 @@ def stop_peer_server(server):
     p, log = server
     _stop_proc(p)
     log.close()
+
+
+# ------------------------------------------------------------------ tracing
+
+def wait_for(pred, timeout=5.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Tracer:
+    """`loomctl trace ARGS --json` in the background; lines read on demand."""
+
+    def __init__(self, ld, *args):
+        self.proc = subprocess.Popen([loomctl_path(), "trace", *args, "--json",
+                                      "--admin-socket", ld.admin],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _live_procs.append(self.proc)
+        self.records = []
+        self.pending = b""
+
+    def read_until(self, pred, timeout=10.0):
+        """Reads records until pred(record) holds for one; returns it. Reads the pipe
+        unbuffered (select() cannot see lines a buffered reader already took)."""
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            while b"\n" in self.pending:
+                line, self.pending = self.pending.split(b"\n", 1)
+                self.records.append(json.loads(line))
+            for r in self.records[seen:]:
+                if pred(r):
+                    return r
+            seen = len(self.records)
+            if time.monotonic() >= deadline:
+                break
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if not ready:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self.pending += chunk
+        raise AssertionError("no matching trace record within %ss; got %s\nstderr: %s" % (
+            timeout, json.dumps(self.records, indent=1), self.stderr()))
+
+    def stderr(self):
+        if self.proc.poll() is None:
+            return "(running)"
+        return self.proc.stderr.read()
+
+    def stop(self):
+        _stop_proc(self.proc, wait=3.0)

@@ -10,6 +10,10 @@
   peer.py many HOST PORT N [R]   N connections one after another (at most R per
                                  second if given); prints how many got an answer,
                                  then the seconds taken
+  peer.py sink PORT              read each connection to its end, then answer
+                                 "COUNT SHA256\n" and close (half-close both ways)
+  peer.py push HOST PORT N       send N pseudo-random bytes, shut down writing, print
+                                 the server's answer and the local "COUNT SHA256"
 """
 
 import selectors
@@ -149,8 +153,67 @@ def many(host, port, n, rate=0.0):
     return 0
 
 
+def sink(port):
+    import hashlib
+    import threading
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(64)
+    print("serving", flush=True)
+
+    def drain(c):
+        h = hashlib.sha256()
+        total = 0
+        try:
+            while True:
+                b = c.recv(1 << 20)
+                if not b:
+                    break
+                h.update(b)
+                total += len(b)
+            c.sendall(("%d %s\n" % (total, h.hexdigest())).encode())
+        except OSError:
+            pass
+        finally:
+            c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=drain, args=(c,), daemon=True).start()
+
+
+def push(host, port, n):
+    import hashlib
+    data = payload(n)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(60)
+    try:
+        s.connect((host, port))
+        view = memoryview(data)
+        for off in range(0, n, 1 << 20):
+            s.sendall(view[off:off + (1 << 20)])
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            answer += b
+    except OSError as e:
+        print("error: %s" % e)
+        return 2
+    print(answer.decode().strip())
+    print(n, hashlib.sha256(data).hexdigest())
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
+    if sys.argv[1] == "sink":
+        sink(int(sys.argv[2]))
+    elif sys.argv[1] == "push":
+        sys.exit(push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    elif sys.argv[1] == "serve":
         serve([int(p) for p in sys.argv[2:]])
     elif sys.argv[1] == "slowserve":
         slowserve(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))

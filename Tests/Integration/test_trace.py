@@ -17,7 +17,7 @@ import time
 import pytest
 
 import harness
-from harness import S_V4, ns_exec, run
+from harness import S_V4, Tracer, ns_exec, run, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "peer.py")
@@ -51,64 +51,6 @@ def ruleset(ns):
 
 def trace_table(ns):
     return ns_exec(ns, "nft", "list", "table", "inet", "loom_trace", check=False).stdout
-
-
-def wait_for(pred, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
-
-
-class Tracer:
-    """`loomctl trace ARGS --json` in the background; lines read on demand."""
-
-    def __init__(self, ld, *args):
-        self.proc = subprocess.Popen([harness.loomctl_path(), "trace", *args, "--json",
-                                      "--admin-socket", ld.admin],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        harness._live_procs.append(self.proc)
-        self.records = []
-        self.pending = b""
-
-    def read_until(self, pred, timeout=10.0):
-        """Reads records until pred(record) holds for one; returns it. Reads the pipe
-        unbuffered (select() cannot see lines a buffered reader already took)."""
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            while b"\n" in self.pending:
-                line, self.pending = self.pending.split(b"\n", 1)
-                self.records.append(json.loads(line))
-            for r in self.records[seen:]:
-                if pred(r):
-                    return r
-            seen = len(self.records)
-            if time.monotonic() >= deadline:
-                break
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if not ready:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            self.pending += chunk
-        raise AssertionError("no matching trace record within %ss; got %s\nstderr: %s" % (
-            timeout, json.dumps(self.records, indent=1), self.stderr()))
-
-    def stderr(self):
-        if self.proc.poll() is None:
-            return "(running)"
-        return self.proc.stderr.read()
-
-    def stop(self):
-        harness._stop_proc(self.proc, wait=3.0)
 
 
 def to_port(port, event=None):
