@@ -588,9 +588,17 @@ stop_mode() {
     if [[ $MODE != direct ]]; then
         record vip_conns "$MODE" "$(c_vip_conns)"
     fi
-    record s_conns_tunnel "$MODE" "$(s_counter tunnel)"
-    record s_conns_tls "$MODE" "$(s_counter tls)"
-    record s_conns_app "$MODE" "$(s_counter app)"
+    local tun tls app
+    tun=$(s_counter tunnel) tls=$(s_counter tls) app=$(s_counter app)
+    record s_conns_tunnel "$MODE" "$tun"
+    record s_conns_tls "$MODE" "$tls"
+    record s_conns_app "$MODE" "$app"
+    log "  connections into S from the network: tunnel port $tun, HAProxy TLS ports $tls, app ports (plaintext) $app"
+    case $MODE in
+    loom-mtls) ((tun > 0 && app == 0)) || log "WARNING: loom-mtls: expected every connection on the tunnel port, none in plaintext" ;;
+    haproxy-*) ((tls > 0 && app == 0)) || log "WARNING: $MODE: expected every connection on the TLS ports, none in plaintext" ;;
+    *) ((tun == 0 && tls == 0)) || log "WARNING: $MODE: connections on TLS ports in a plaintext mode" ;;
+    esac
     set_c_rule direct
     for ((i = ${#PROXY_PIDS[@]} - 1; i >= 0; i--)); do
         stop_pid "${PROXY_PIDS[i]}"

@@ -40,5 +40,5 @@ mkdir "$OUT/merged"
 "$BIN" -merge=1 -max_len=600 "$OUT/merged" "$CORPUS" >"$OUT/merge.log" 2>&1
 find "$CORPUS" -type f -delete
 cp "$OUT/merged"/* "$CORPUS"/
-echo "corpus: $(find "$CORPUS" -type f | wc -l) files, $(du -sb "$CORPUS" | cut -f1) bytes"
+echo "corpus: $(find "$CORPUS" -type f | wc -l) files, $(cat "$CORPUS"/* | wc -c) bytes"
 exit "$status"

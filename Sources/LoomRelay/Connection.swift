@@ -107,7 +107,10 @@ struct CopyFlow {
     /// The last TLS read asked for writability (or a write for readability) first.
     var readWantsWrite = false
     var writeWantsRead = false
+    /// Bytes delivered to the sink (the tunnel header excluded).
     var bytes: UInt64 = 0
+    /// Leading buffered bytes that are Loom's own (the tunnel header), not counted.
+    var uncounted = 0
 
     var pending: Int { end - start }
     var isDone: Bool { sinkShut && end == start }

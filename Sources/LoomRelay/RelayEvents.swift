@@ -249,6 +249,8 @@ public struct TLSSummary: Sendable, Equatable {
     public var localSerial: String
     /// `kernel` when kTLS carries the records, `user` when Loom copies through buffers.
     public var dataPath: String
+    /// Client role: the far node's tunnel address (the endpoint pod's tunnel port).
+    public var tunnel: String?
 
     public init(
         role: String,

@@ -392,15 +392,18 @@ extension RelayLoop {
             openedAtMs: conn.openedAt,
             atMs: now
         )
-        if conn.upstream.rawValue >= 0 || conn.connectMicros >= 0 { event.upstream = conn.upstreamTarget.address }
+        if conn.upstream.rawValue >= 0 || conn.connectMicros >= 0 {
+            // Through a tunnel, the endpoint is the pod behind the far node's tunnel port.
+            event.upstream = conn.tunnelTarget ?? conn.upstreamTarget.address
+        }
         event.runtime = conn.runtime
         event.serviceRef = conn.runtime == nil ? -1 : conn.ref.service
         event.portRef = conn.runtime == nil ? -1 : conn.ref.port
         event.route = conn.route
         event.service = conn.service
         event.endpoint = conn.endpoint
-        event.bytesOut = conn.state.outbound.bytesRelayed
-        event.bytesIn = conn.state.inbound.bytesRelayed
+        event.bytesOut = conn.tls == nil ? conn.state.outbound.bytesRelayed : conn.tlsOut.bytes
+        event.bytesIn = conn.tls == nil ? conn.state.inbound.bytesRelayed : conn.tlsIn.bytes
         event.connectMicros = conn.connectMicros
         event.tls = conn.tlsSummary
         return event

@@ -143,6 +143,8 @@ extension RelayLoop {
             conn.tlsOut.buffer = buffer
             conn.tlsOut.start = 0
             conn.tlsOut.end = header.encode(into: buffer)
+            conn.tlsOut.uncounted = conn.tlsOut.end
+            conn.tlsSummary?.tunnel = conn.upstreamTarget.address.description
             relayStarted(conn)
             drive(conn)
         } else {
@@ -157,36 +159,32 @@ extension RelayLoop {
     }
 
     /// Inbound: reads the tunnel header; bytes after it stay in the buffer for the app.
+    /// The buffer lives in `conn.tlsOut` throughout, so a close (which returns it to the
+    /// pool) always sees it.
     private func readTunnelHeader(_ conn: Connection, _ tls: TLSStream) {
-        var flow = conn.tlsOut
-        defer { conn.tlsOut = flow }
-        if flow.buffer == nil { flow.buffer = takeCopyBuffer() }
-        guard let buffer = flow.buffer else { return }
+        if conn.tlsOut.buffer == nil { conn.tlsOut.buffer = takeCopyBuffer() }
+        guard let buffer = conn.tlsOut.buffer else { return }
         while true {
-            switch TunnelHeader.parse(UnsafeRawBufferPointer(start: buffer, count: flow.end)) {
+            switch TunnelHeader.parse(UnsafeRawBufferPointer(start: buffer, count: conn.tlsOut.end)) {
             case .header(let header, let length):
-                flow.start = length
-                conn.tlsOut = flow
+                conn.tlsOut.start = length
                 tunnelOpened(conn, header)
                 return
             case .invalid(let why):
-                conn.tlsOut = flow
                 close(conn, reason: .badTunnelHeader(why))
                 return
             case .needMore:
                 break
             }
-            switch tls.read(into: buffer + flow.end, count: Self.copyBufferSize - flow.end) {
+            switch tls.read(into: buffer + conn.tlsOut.end, count: Self.copyBufferSize - conn.tlsOut.end) {
             case .done(let n):
-                flow.end += n
+                conn.tlsOut.end += n
             case .wantRead, .wantWrite:
                 return
             case .closed:
-                conn.tlsOut = flow
                 close(conn, reason: .badTunnelHeader("the peer closed before sending it"))
                 return
             case .failed(let failure):
-                conn.tlsOut = flow
                 close(conn, reason: .handshakeFailed(failure.reason))
                 return
             }
@@ -197,8 +195,8 @@ extension RelayLoop {
     /// tunnel arrived on), and the policy must allow the client's identity.
     private func tunnelOpened(_ conn: Connection, _ header: TunnelHeader) {
         conn.awaitingHeader = false
-        let destination = SocketAddress(header.destination)
-        conn.clientAddress = ClientAddress(SocketAddress(header.source))
+        let destination = header.destination.socketAddress
+        conn.clientAddress = header.client
         conn.destination = OriginalDestination(destination)
         guard let local = conn.client.localAddress(), local.with(port: 0) == destination.with(port: 0) else {
             close(
@@ -260,8 +258,10 @@ extension RelayLoop {
                 switch write(conn, sink, flow.buffer! + flow.start, flow.end - flow.start, &flow) {
                 case .bytes(let n):
                     flow.start += n
-                    flow.bytes &+= UInt64(n)
-                    relayedCopy(n, outbound: outbound, conn)
+                    let own = min(n, flow.uncounted)
+                    flow.uncounted -= own
+                    flow.bytes &+= UInt64(n - own)
+                    relayedCopy(n - own, outbound: outbound, conn)
                     if flow.start == flow.end {
                         returnCopyBuffer(flow.buffer!)
                         flow.buffer = nil

@@ -505,6 +505,7 @@ public final class TraceHub: @unchecked Sendable {
                 cipher: tls.cipher,
                 dataPath: tls.dataPath
             )
+            record.mtls?.tunnel = tls.tunnel
         }
         record.bytesOut = event.bytesOut
         record.bytesIn = event.bytesIn

@@ -38,6 +38,8 @@ public struct MTLSDetail: Codable, Equatable, Sendable {
     public var cipher: String?
     /// `user` (copied through buffers) or `kernel` (kTLS).
     public var dataPath: String
+    /// Client role: where the tunnel went (the endpoint pod's tunnel port).
+    public var tunnel: String?
 
     public init(
         role: String,
@@ -58,7 +60,7 @@ public struct MTLSDetail: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case role, local, serial, peer, version, cipher
+        case role, local, serial, peer, version, cipher, tunnel
         case dataPath = "data_path"
     }
 }

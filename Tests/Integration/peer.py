@@ -73,7 +73,9 @@ def ask(host, port, timeout):
 
 def payload(n):
     import random
-    return random.Random(1234).randbytes(n)
+    rng = random.Random(1234)
+    chunk = 1 << 24     # randbytes() of more than 256 MiB overflows
+    return b"".join(rng.randbytes(min(chunk, n - off)) for off in range(0, n, chunk))
 
 
 def slowserve(port, n, rate):
