@@ -703,13 +703,15 @@ run_wrk_close() {
         sampler=$!
         PIDS+=("$sampler")
     fi
-    local each0 each1
+    local each0 each1 v0=0 v1=0
+    [[ $MODE == direct ]] || v0=$(c_vip_conns)
     each0=$(proxy_ticks_each)
     t0=$(proxy_ticks)
     inC timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" --latency \
         -H 'Connection: close' "$url" >"$out" 2>&1 || fail_tool "wrk" "$out"
     t1=$(proxy_ticks)
     each1=$(proxy_ticks_each)
+    [[ $MODE == direct ]] || v1=$(c_vip_conns)
     record_ticks_each wrk "$each0" "$each1"
     if [[ -n $sampler ]]; then
         wait "$sampler" 2>/dev/null || true
@@ -743,8 +745,10 @@ run_wrk_close() {
             [[ $hs1 =~ ^[0-9]+$ && $hs0 =~ ^[0-9]+$ ]] ||
                 die "loomd a's status has no numeric mtls.handshakes_client ($LOGS/status-a-$MODE-end.json)"
             ((hs1 > 0)) || { loom_tails; die "loom-mtls: loomd a made no mTLS handshake (mtls.handshakes_client=0)"; }
-            if ((reqs > 0)); then
-                record mtls_handshakes_per_conn "$MODE" "$(awk -v h=$((hs1 - hs0)) -v n="$reqs" 'BEGIN{printf "%.3f", h/n}')"
+            # Per connection C opened to the VIP during wrk (wrk's count of requests
+            # leaves out the connections still open when it stops).
+            if ((v1 > v0)); then
+                record mtls_handshakes_per_conn "$MODE" "$(awk -v h=$((hs1 - hs0)) -v n=$((v1 - v0)) 'BEGIN{printf "%.3f", h/n}')"
             fi
         elif [[ $hs1 =~ ^[0-9]+$ ]] && ((hs1 > 0)); then
             die "loom-plain: loomd a made $hs1 mTLS handshakes without --ca-dir"

@@ -398,7 +398,7 @@ extension RelayLoop {
         }
         do {
             try (side == .client ? conn.client : conn.upstream).shutdownWrite()
-        } catch where error.errno == Errno.notConnected {
+        } catch  where error.errno == Errno.notConnected {
             // The peer already closed; a FIN has nowhere to go.
         } catch {
             return resetReason(side: side, errno: error.errno, call: "shutdown")
@@ -451,7 +451,11 @@ extension RelayLoop {
     }
 
     func setReadable(_ conn: Connection, _ side: Side, _ value: Bool) {
-        if side == .client { conn.state.outbound.sourceReadable = value } else { conn.state.inbound.sourceReadable = value }
+        if side == .client {
+            conn.state.outbound.sourceReadable = value
+        } else {
+            conn.state.inbound.sourceReadable = value
+        }
     }
 
     func setWritable(_ conn: Connection, _ side: Side, _ value: Bool) {

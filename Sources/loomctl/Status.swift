@@ -70,7 +70,9 @@ enum StatusText {
             )
         } else {
             let withTLS = pods.contains { $0["identity"] != nil }
-            var keys = ["netns", "namespace", "state", "fail", "generation", "listeners", "active", "accepted", "refused"]
+            var keys = [
+                "netns", "namespace", "state", "fail", "generation", "listeners", "active", "accepted", "refused",
+            ]
             var rows = [["NETNS", "NAMESPACE", "STATE", "FAIL", "GEN", "LISTENERS", "ACTIVE", "ACCEPTED", "REFUSED"]]
             if withTLS {
                 keys += ["identity", "certificateSerial", "certificateExpires"]

@@ -196,11 +196,17 @@ struct Loomd: ParsableCommand {
         }
         if accessLog.isEmpty { throw ValidationError("--access-log must be a file path, or - for standard output") }
         guard let ttl = Self.seconds(certTtl), ttl >= 10 else {
-            throw ValidationError("--cert-ttl must be a duration of at least 10s, such as 90s, 30m, 24h or 7d (got '\(certTtl)')")
+            throw ValidationError(
+                "--cert-ttl must be a duration of at least 10s, such as 90s, 30m, 24h or 7d (got '\(certTtl)')"
+            )
         }
-        if ttl > 366 * 86400 { throw ValidationError("--cert-ttl must be at most 366d: workload certificates are short-lived") }
+        if ttl > 366 * 86400 {
+            throw ValidationError("--cert-ttl must be at most 366d: workload certificates are short-lived")
+        }
         if (caCert == nil) != (caKey == nil) { throw ValidationError("--ca-cert and --ca-key go together") }
-        if caDir != nil && caCert != nil { throw ValidationError("give either --ca-dir or --ca-cert/--ca-key, not both") }
+        if caDir != nil && caCert != nil {
+            throw ValidationError("give either --ca-dir or --ca-cert/--ca-key, not both")
+        }
         if [outboundPort, inboundPort].contains(tunnelPort) || tunnelPort == 0 {
             throw ValidationError("--tunnel-port must differ from --outbound-port and --inbound-port")
         }
