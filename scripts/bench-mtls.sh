@@ -646,14 +646,46 @@ proxies_alive() {
     done
 }
 
-fail_tool() { # what logfile
-    tail -20 "$2" >&2
+fail_tool() { # what logfile (its stderr: logfile.stderr)
+    snapshot failed
+    tail -20 "$2" "$2.stderr" >&2
     [[ $MODE == loom-* ]] && loom_tails
     [[ $MODE == haproxy-* ]] && tail -20 "$LOGS/haproxy-c-$MODE.log" "$LOGS/haproxy-s-$MODE.log" >&2
     die "$1 failed in mode $MODE (output: $2)"
 }
 
 TICK_HZ=$(getconf CLK_TCK)
+
+snapshot() { # tag: sockets in C and S, and the loomds' status, into logs/ (diagnostics)
+    inC ss -tnoiem >"$LOGS/ss-C-$MODE-$1.txt" 2>&1 || true
+    inS ss -tnoiem >"$LOGS/ss-S-$MODE-$1.txt" 2>&1 || true
+    if [[ $MODE == loom-* ]]; then
+        loom_status a "$LOGS/status-a-$MODE-$1.json" || true
+        loom_status b "$LOGS/status-b-$MODE-$1.json" || true
+    fi
+}
+
+run_client() { # tag outfile cmd... : runs cmd in C (output to outfile) with a deadline of
+    # DURATION+30 s; one still running 5 s after DURATION gets a snapshot of the sockets
+    # and the loomds' status (logs/*-TAG-stalled*) before the deadline ends it.
+    local tag=$1 out=$2 pid i rc=0 snapped=0
+    shift 2
+    ip netns exec "$NS_C" timeout $((DURATION + 30)) "$@" >"$out" 2>"$out.stderr" &
+    pid=$!
+    PIDS+=("$pid")
+    for ((i = 0; ; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        if ((!snapped && i >= (DURATION + 5) * 10)); then
+            snapped=1
+            log "  $tag still running $((DURATION + 5)) s after its start: snapshot logs/*-$MODE-$tag-stalled*"
+            snapshot "$tag-stalled"
+        fi
+        sleep 0.1
+    done
+    wait "$pid" || rc=$?
+    forget_pid "$pid"
+    return "$rc"
+}
 
 run_iperf_dir() { # fwd|rev
     local dir=$1 i r gbps bytes t0 t1 total=0 runs=() args=() host=$VIP out
@@ -664,7 +696,7 @@ run_iperf_dir() { # fwd|rev
     t0=$(proxy_ticks)
     for ((i = 1; i <= IPERF_REPEAT; i++)); do
         out="$LOGS/iperf-$MODE-$dir-run$i.json"
-        inC timeout $((DURATION + 30)) iperf3 -c "$host" -p "$IPERF_PORT" -t "$DURATION" "${args[@]}" -J >"$out" ||
+        run_client "iperf-$dir-run$i" "$out" iperf3 -c "$host" -p "$IPERF_PORT" -t "$DURATION" "${args[@]}" -J ||
             fail_tool "iperf3 $dir run $i" "$out"
         r=$("$PY" "$HELPERS/benchlib.py" iperf "$out") || fail_tool "iperf3 $dir run $i" "$out"
         read -r gbps bytes <<<"$r"
@@ -707,8 +739,8 @@ run_wrk_close() {
     [[ $MODE == direct ]] || v0=$(c_vip_conns)
     each0=$(proxy_ticks_each)
     t0=$(proxy_ticks)
-    inC timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" --latency \
-        -H 'Connection: close' "$url" >"$out" 2>&1 || fail_tool "wrk" "$out"
+    run_client wrk "$out" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" --latency \
+        -H 'Connection: close' "$url" || fail_tool "wrk" "$out"
     t1=$(proxy_ticks)
     each1=$(proxy_ticks_each)
     [[ $MODE == direct ]] || v1=$(c_vip_conns)

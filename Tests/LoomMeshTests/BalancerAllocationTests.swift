@@ -19,9 +19,9 @@ struct BalancerAllocationTests {
     static func allocations() -> Int {
         var signals = sigset_t()
         sigemptyset(&signals)
-        sigaddset(&signals, SIGUSR2)
+        sigaddset(&signals, SIGURG)
         pthread_sigmask(SIG_UNBLOCK, &signals, nil)  // test threads may block it
-        raise(SIGUSR2)
+        raise(SIGURG)
         let fd = open(getenv("LOOM_MALLOC_COUNT_FILE"), O_RDONLY)
         defer { close(fd) }
         var buffer: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
