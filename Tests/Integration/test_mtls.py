@@ -404,6 +404,29 @@ def test_rotation_during_a_long_transfer(mesh, topo, workdir):
         mesh.start()
 
 
+def test_takeover_keeps_the_tunnel_port_answering(mesh, workdir):
+    """A hitless upgrade of the server's node: the new loomd adopts the tunnel listeners
+    (and issues its own certificates); mTLS connections made across it all succeed."""
+    old = mesh.b
+    load = subprocess.Popen(["ip", "netns", "exec", mesh.a_ns, sys.executable, PEER, "many", VIP_WEB, "80", "300",
+                             "100"], stdout=subprocess.PIPE, text=True)
+    harness._live_procs.append(load)
+    time.sleep(1.0)
+    new = harness.Loomd(None, workdir, old.args + ["--takeover"], state_dir=old.state_dir)
+    new.admin = old.admin
+    new.start()
+    mesh.b = new
+    answered, _ = load.communicate(timeout=60)[0].split()
+    assert int(answered) == 300, answered
+    rc, _ = old.stop(timeout=15)
+    assert rc == 0, old.stderr_text()
+    pod = new.pods()["/var/run/netns/" + mesh.b_ns]
+    assert pod["identity"] == SERVER_ID and pod["certificateSerial"], pod
+    listening = ns_exec(mesh.b_ns, "ss", "-Hltn").stdout
+    assert ":15008" in listening, listening
+    assert mesh.ask(VIP_WEB)[0] == 0
+
+
 def test_bad_ca_and_policy_input_is_refused_at_load(mesh, workdir, topo):
     """Each a one-line error before anything is applied (the pod gets no table)."""
     pod, _, _ = topo.add_pod("MZ", 43, v6=False)
