@@ -6,6 +6,7 @@
 #include "CLoomTLS.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -104,6 +105,51 @@ cloom_tls_ssl *cloom_tls_ssl_new(cloom_tls_ctx *ctx, int fd, int server) {
 }
 
 void cloom_tls_ssl_free(cloom_tls_ssl *ssl) { SSL_free(ssl); }
+
+// MARK: - session resumption
+
+static int session_slot = -1;
+static pthread_once_t session_slot_once = PTHREAD_ONCE_INIT;
+
+static void session_slot_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp) {
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    if (ptr) SSL_SESSION_free(ptr);
+}
+
+static void session_slot_init(void) { session_slot = SSL_get_ex_new_index(0, NULL, NULL, NULL, session_slot_free); }
+
+// Client end: a ticket arrived (after the handshake, in the first reads). Keep the
+// newest on the SSL; returning 1 keeps OpenSSL's reference for us.
+static int session_arrived(SSL *ssl, SSL_SESSION *session) {
+    SSL_SESSION *old = SSL_get_ex_data(ssl, session_slot);
+    if (old) SSL_SESSION_free(old);
+    SSL_set_ex_data(ssl, session_slot, session);
+    return 1;
+}
+
+int cloom_tls_ctx_enable_resumption(cloom_tls_ctx *ctx, long seconds) {
+    pthread_once(&session_slot_once, session_slot_init);
+    if (session_slot < 0) return 0;
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, session_arrived);
+    SSL_CTX_clear_options(ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_timeout(ctx, seconds);
+    static const unsigned char id[] = "loom-mtls";
+    return SSL_CTX_set_num_tickets(ctx, 1) == 1 && SSL_CTX_set_session_id_context(ctx, id, sizeof id - 1) == 1;
+}
+
+cloom_tls_session *cloom_tls_ssl_take_session(cloom_tls_ssl *ssl) {
+    if (session_slot < 0) return NULL;
+    SSL_SESSION *session = SSL_get_ex_data(ssl, session_slot);
+    if (session) SSL_set_ex_data(ssl, session_slot, NULL);
+    return session;
+}
+
+int cloom_tls_ssl_set_session(cloom_tls_ssl *ssl, cloom_tls_session *session) {
+    return SSL_set_session(ssl, session);
+}
+
+void cloom_tls_session_free(cloom_tls_session *session) { SSL_SESSION_free(session); }
 
 /// Folds the answer of an SSL call returning `ret` (with `saved_errno` right after it).
 static int outcome_of(SSL *ssl, int ret, int saved_errno, cloom_tls_outcome *outcome) {

@@ -76,6 +76,9 @@ final class Connection {
     /// Inbound tunnel: the handshake is done and the tunnel header is being read.
     var awaitingHeader = false
     var handshakeStartedMicros: Int64 = 0
+    /// Outbound tunnel whose server proved the expected identity: its session ticket is
+    /// kept for the next connection to the same endpoint.
+    var sessionKey: SessionKey?
     var tlsSummary: TLSSummary?
     /// Client -> upstream and upstream -> client copy state of an mTLS connection.
     var tlsOut = CopyFlow()
@@ -92,6 +95,12 @@ final class Connection {
     /// Token identifying the connection itself (side bit clear), for queues.
     @inline(__always)
     var identity: UInt64 { token(.client) }
+}
+
+/// Where a kept TLS session can resume: the pod's own identity to one endpoint.
+struct SessionKey: Hashable {
+    var pod: Int
+    var endpoint: SocketAddress
 }
 
 /// One direction of an mTLS connection: bytes are read into a buffer (from the socket

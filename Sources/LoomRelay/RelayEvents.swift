@@ -251,6 +251,8 @@ public struct TLSSummary: Sendable, Equatable {
     public var dataPath: String
     /// Client role: the far node's tunnel address (the endpoint pod's tunnel port).
     public var tunnel: String?
+    /// The handshake resumed an earlier session (no certificate exchange).
+    public var resumed = false
 
     public init(
         role: String,

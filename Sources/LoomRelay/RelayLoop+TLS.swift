@@ -37,6 +37,8 @@ extension RelayLoop {
     static let copyBufferSize = 65536
     /// Buffers kept for reuse; more are freed when returned.
     static let copyBufferCache = 256
+    /// Session tickets kept per loop (pod x endpoint); beyond it the cache starts afresh.
+    static let sessionCache = 4096
 
     func takeCopyBuffer() -> UnsafeMutableRawPointer {
         counters.copyBuffers += 1
@@ -75,10 +77,19 @@ extension RelayLoop {
         }
         let fd = side == .upstream ? conn.upstream : conn.client
         do {
-            conn.tls =
-                side == .upstream
-                ? try TLSStream.client(context: context, fd: fd.rawValue)
-                : try TLSStream.server(context: context, fd: fd.rawValue)
+            if side == .upstream {
+                // Resume with the last ticket from this endpoint, if one is kept: no
+                // signatures or chain checks, only the key exchange.
+                var session: TLSSession?
+                if let pod = conn.pod, let target = conn.tunnelTarget,
+                    let kept = sessions[SessionKey(pod: pod.id, endpoint: target)], kept.context === context
+                {
+                    session = kept.session
+                }
+                conn.tls = try TLSStream.client(context: context, fd: fd.rawValue, session: session)
+            } else {
+                conn.tls = try TLSStream.server(context: context, fd: fd.rawValue)
+            }
         } catch {
             close(conn, reason: .handshakeFailed("\(error)"))
             return
@@ -119,6 +130,7 @@ extension RelayLoop {
         conn.tlsSummary?.version = tls.version
         conn.tlsSummary?.cipher = tls.cipher
         conn.tlsSummary?.dataPath = kernel.send && kernel.receive ? "kernel" : "user"
+        conn.tlsSummary?.resumed = tls.sessionReused
         // The handshake may have consumed the readiness edges: look again.
         setReadable(conn, conn.tlsSide, true)
         setWritable(conn, conn.tlsSide, true)
@@ -134,6 +146,7 @@ extension RelayLoop {
                 )
                 return
             }
+            if let pod = conn.pod { conn.sessionKey = SessionKey(pod: pod.id, endpoint: target) }
             // The tunnel header leads the client's bytes.
             let header = TunnelHeader(
                 source: TunnelAddress(conn.clientAddress.address),
@@ -462,8 +475,14 @@ extension RelayLoop {
         if side == .client { conn.state.inbound.sinkWritable = value } else { conn.state.outbound.sinkWritable = value }
     }
 
-    /// Frees what an mTLS connection holds (at close).
+    /// Frees what an mTLS connection holds (at close), keeping a verified server's
+    /// session ticket for the next connection.
     func releaseTLS(_ conn: Connection) {
+        if let key = conn.sessionKey, let tls = conn.tls, let session = tls.takeSession() {
+            if sessions.count >= Self.sessionCache { sessions.removeAll(keepingCapacity: true) }
+            sessions[key] = (tls.context, session)
+        }
+        conn.sessionKey = nil
         for buffer in [conn.tlsOut.buffer, conn.tlsIn.buffer] {
             if let buffer { returnCopyBuffer(buffer) }
         }

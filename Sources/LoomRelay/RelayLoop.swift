@@ -7,6 +7,7 @@ import Dispatch
 import Logging
 import LoomMesh
 import LoomSystem
+import LoomTLS
 import Synchronization
 
 /// One event loop of the relay core.
@@ -64,6 +65,9 @@ public final class RelayLoop: @unchecked Sendable {
     let scratch = UnsafeMutableRawPointer.allocate(byteCount: FlowState.copyChunk, alignment: 64)
     /// Free copy buffers of mTLS connections (`copyBufferSize` bytes each).
     var copyBuffers: [UnsafeMutableRawPointer] = []
+    /// TLS session tickets from endpoints this loop's tunnels verified, with the context
+    /// they belong to (a rotated context starts afresh).
+    var sessions: [SessionKey: (context: TLSContext, session: TLSSession)] = [:]
     var now: Int64 = 0
     /// Accept is paused until this time (fd exhaustion), or while at the connection limit.
     var acceptPausedUntil: Int64 = 0

@@ -19,6 +19,10 @@ public final class TLSContext: @unchecked Sendable {
     /// Whether SSL_OP_ENABLE_KTLS was set.
     public let kernelTLS: Bool
 
+    /// How long a session ticket can resume a connection (seconds). Rotation ends them
+    /// sooner: a new context has new ticket keys.
+    public static let sessionSeconds = 300
+
     /// SSL_CTX, owned.
     let ctx: OpaquePointer
 
@@ -35,8 +39,6 @@ public final class TLSContext: @unchecked Sendable {
             failure = "cannot set the TLS 1.3 cipher suites \(Self.ciphersuites)"
         } else if cloom_tls_ctx_set_groups(ctx, Self.groups) != 1 {
             failure = "cannot set the key exchange groups \(Self.groups)"
-        } else if cloom_tls_ctx_set_num_tickets(ctx, 0) != 1 {
-            failure = "cannot turn session tickets off"
         } else if cloom_tls_ctx_use_identity(ctx, certificate.x509, certificate.key) != 1 {
             failure = "cannot use the certificate of \(certificate.identity) (serial \(certificate.serial))"
         } else if cloom_tls_ctx_trust_only(ctx, authority.x509) != 1 {
@@ -48,7 +50,11 @@ public final class TLSContext: @unchecked Sendable {
         }
         cloom_tls_ctx_require_peer_certificate(ctx)
         cloom_tls_ctx_set_mode(ctx, CLOOM_SSL_MODE_RELEASE_BUFFERS | CLOOM_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
-        cloom_tls_ctx_set_options(ctx, CLOOM_SSL_OP_NO_TICKET | (kernelTLS ? CLOOM_SSL_OP_ENABLE_KTLS : 0))
+        if kernelTLS { cloom_tls_ctx_set_options(ctx, CLOOM_SSL_OP_ENABLE_KTLS) }
+        if cloom_tls_ctx_enable_resumption(ctx, Self.sessionSeconds) != 1 {
+            cloom_tls_ctx_free(ctx)
+            throw TLSError.openssl("cannot set up session resumption")
+        }
         _ = cloom_tls_take_error()
         self.ctx = ctx
         self.certificate = certificate

@@ -85,6 +85,13 @@ public struct TLSFailure: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
+/// A TLS 1.3 session ticket (SSL_SESSION), owned; freed with the object.
+public final class TLSSession {
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+    deinit { cloom_tls_session_free(pointer) }
+}
+
 /// One connection's TLS. Not Sendable: it belongs to the event-loop thread that drives it.
 public final class TLSStream {
     public let context: TLSContext
@@ -105,8 +112,20 @@ public final class TLSStream {
     deinit { cloom_tls_ssl_free(ssl) }
 
     /// The connecting end; `fd` must be non-blocking and stays the caller's to close.
-    public static func client(context: TLSContext, fd: Int32) throws(TLSError) -> TLSStream {
-        try TLSStream(context: context, fd: fd, server: false)
+    /// `session`, a ticket from an earlier connection to the same server with the same
+    /// context, is offered for resumption (the server may refuse: then a full handshake).
+    public static func client(context: TLSContext, fd: Int32, session: TLSSession? = nil) throws(TLSError)
+        -> TLSStream
+    {
+        let stream = try TLSStream(context: context, fd: fd, server: false)
+        if let session { _ = cloom_tls_ssl_set_session(stream.ssl, session.pointer) }
+        return stream
+    }
+
+    /// The newest session ticket the server sent on this connection (once: taking it
+    /// leaves none), for the next connection to the same server.
+    public func takeSession() -> TLSSession? {
+        cloom_tls_ssl_take_session(ssl).map(TLSSession.init)
     }
 
     /// The accepting end; `fd` must be non-blocking and stays the caller's to close.

@@ -506,6 +506,7 @@ public final class TraceHub: @unchecked Sendable {
                 dataPath: tls.dataPath
             )
             record.mtls?.tunnel = tls.tunnel
+            record.mtls?.resumed = tls.resumed
         }
         record.bytesOut = event.bytesOut
         record.bytesIn = event.bytesIn

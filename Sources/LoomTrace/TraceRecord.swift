@@ -40,6 +40,9 @@ public struct MTLSDetail: Codable, Equatable, Sendable {
     public var dataPath: String
     /// Client role: where the tunnel went (the endpoint pod's tunnel port).
     public var tunnel: String?
+    /// The handshake resumed an earlier session (identities from that session's
+    /// certificates).
+    public var resumed: Bool?
 
     public init(
         role: String,
@@ -60,7 +63,7 @@ public struct MTLSDetail: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case role, local, serial, peer, version, cipher, tunnel
+        case role, local, serial, peer, version, cipher, tunnel, resumed
         case dataPath = "data_path"
     }
 }

@@ -195,6 +195,13 @@ def test_mtls_between_two_nodes_shows_both_identities(mesh):
         assert rb["mtls"]["peer"] == CLIENT_ID, rb
         # The original client, carried in the tunnel header.
         assert rb["client"].split(":")[0] == mesh.a_ip, rb
+        # The next connection resumes the session (a ticket from the first one), and the
+        # identities are still the verified ones.
+        assert mesh.ask(VIP_WEB)[0] == 0
+        ra2 = close_record(ta, lambda r: r.get("destination") == VIP_WEB + ":80" and r["client"] != ra["client"])
+        assert ra2["mtls"]["resumed"] is True and ra2["mtls"]["peer"] == SERVER_ID, ra2
+        rb2 = close_record(tb, lambda r: r.get("tls") == "mtls" and r["client"] == ra2["client"])
+        assert rb2["mtls"]["resumed"] is True and rb2["mtls"]["peer"] == CLIENT_ID, rb2
     finally:
         ta.stop()
         tb.stop()

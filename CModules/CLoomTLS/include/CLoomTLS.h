@@ -24,6 +24,7 @@ typedef struct evp_pkey_st cloom_tls_key;
 typedef struct x509_st cloom_tls_cert;
 typedef struct ssl_ctx_st cloom_tls_ctx;
 typedef struct ssl_st cloom_tls_ssl;
+typedef struct ssl_session_st cloom_tls_session;
 
 void cloom_tls_free(void *pointer);
 
@@ -153,6 +154,21 @@ const char *cloom_tls_ssl_version(const cloom_tls_ssl *ssl);
 /// The negotiated cipher's name, or NULL before the handshake.
 const char *cloom_tls_ssl_cipher(const cloom_tls_ssl *ssl);
 int cloom_tls_ssl_session_reused(const cloom_tls_ssl *ssl);
+
+// MARK: - session resumption (TLS 1.3 tickets)
+
+/// Turns resumption on for a context used at both ends: the server end issues one
+/// stateless ticket per handshake (sessions live `seconds`; the ticket keys are the
+/// context's own, so a new context, as at certificate rotation, ends them); the client
+/// end keeps the last ticket it received on the SSL until `cloom_tls_ssl_take_session`.
+/// Returns 1 on success.
+int cloom_tls_ctx_enable_resumption(cloom_tls_ctx *ctx, long seconds);
+/// The newest session ticket the server sent on this connection (the caller owns it),
+/// or NULL.
+cloom_tls_session *cloom_tls_ssl_take_session(cloom_tls_ssl *ssl);
+/// Offers `session` for resumption (before the handshake); 1 on success.
+int cloom_tls_ssl_set_session(cloom_tls_ssl *ssl, cloom_tls_session *session);
+void cloom_tls_session_free(cloom_tls_session *session);
 /// BIO_get_ktls_send / BIO_get_ktls_recv of the SSL's write / read BIO.
 int cloom_tls_ssl_ktls_send(const cloom_tls_ssl *ssl);
 int cloom_tls_ssl_ktls_receive(const cloom_tls_ssl *ssl);
