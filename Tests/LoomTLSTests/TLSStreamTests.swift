@@ -81,6 +81,42 @@ final class TLSStreamTests: XCTestCase {
         XCTAssertEqual(String(decoding: bytes, as: UTF8.self), "ping")
     }
 
+    func testResumptionWithTheServersTicket() throws {
+        let clientContext = try context(clientID)
+        let serverContext = try context(serverID)
+        let first = try connect(client: clientContext, server: serverContext)
+        XCTAssertEqual(pumpHandshake(first.client, first.server).client, .done(0))
+        // The ticket travels after the handshake: the client sees it when it reads.
+        XCTAssertEqual(writeAll(first.server, Array("hi".utf8)), .done(2))
+        XCTAssertEqual(readSome(first.client).0, .done(2))
+        let ticket = try XCTUnwrap(first.client.takeSession())
+        XCTAssertNil(first.client.takeSession(), "a ticket is taken once")
+
+        let (a, b) = nonBlockingSocketPair()
+        fds += [a, b]
+        let client = try TLSStream.client(context: clientContext, fd: a, session: ticket)
+        let server = try TLSStream.server(context: serverContext, fd: b)
+        let result = pumpHandshake(client, server)
+        XCTAssertEqual(result.client, .done(0))
+        XCTAssertEqual(result.server, .done(0))
+        XCTAssertTrue(client.sessionReused)
+        XCTAssertTrue(server.sessionReused)
+        // Both ends still know who the other is (from the session's certificates).
+        XCTAssertEqual(client.peerURI, serverID.uri)
+        XCTAssertEqual(server.peerURI, clientID.uri)
+
+        // A server with a new context (a rotated certificate) has new ticket keys: a full
+        // handshake, not an error.
+        let rotated = try context(serverID)
+        let (c, d) = nonBlockingSocketPair()
+        fds += [c, d]
+        let client2 = try TLSStream.client(context: clientContext, fd: c, session: ticket)
+        let server2 = try TLSStream.server(context: rotated, fd: d)
+        XCTAssertEqual(pumpHandshake(client2, server2).server, .done(0))
+        XCTAssertFalse(server2.sessionReused)
+        XCTAssertEqual(server2.peerURI, clientID.uri)
+    }
+
     func testClientOfAnotherCAIsRefused() throws {
         let other = try CertificateAuthority.create(directory: directory.file("other"), trustDomain: "cluster.local")
         let (client, server) = try connect(
@@ -201,6 +237,8 @@ final class TLSStreamTests: XCTestCase {
     func testEndOfStreamWithoutCloseNotifyIsTruncation() throws {
         let (client, server) = try connected()
         XCTAssertEqual(writeAll(client, Array("x".utf8)), .done(1))
+        // Take the server's session ticket first: closing with unread bytes would be a reset.
+        XCTAssertEqual(readSome(client).0, .wantRead)
         close(fds[0])
         fds.removeFirst()
         var (status, _) = readSome(server)
