@@ -31,7 +31,9 @@
 #                        the app. HAProxy's default: the C side resumes TLS sessions (TLS 1.3
 #                        tickets), so most connections skip the certificate exchange.
 #   haproxy-tls-noreuse  the same with `no-ssl-reuse` on the server lines: every connection
-#                        is a full handshake, as Loom does (no session resumption).
+#                        is a full handshake (Loom before commit 91051ef resumed no session;
+#                        since then it resumes TLS 1.3 sessions between nodes, like the
+#                        default column; its status does not say how many were resumed).
 #
 # Certificates come from `loomctl ca issue` (ECDSA P-256; identities .../ns/front/sa/client
 # and .../ns/shop/sa/web). Same TLS parameters as Loom: TLS 1.3 only, ciphersuites
@@ -48,7 +50,7 @@
 # Loom's tunnel port, on HAProxy's TLS ports and on the app ports (nft counters in S),
 # and full TLS handshakes per wrk connection (loomctl status; HAProxy's show info).
 #
-# Usage:  sudo scripts/bench-mtls.sh        (must run as root; ~7 minutes with the defaults)
+# Usage:  sudo scripts/bench-mtls.sh        (must run as root; ~6-7 minutes with the defaults)
 # Env:
 #   LOOMD          loomd binary (default: <repo>/.build/release/loomd)
 #   LOOMCTL        loomctl binary (default: loomctl next to LOOMD)
@@ -63,8 +65,9 @@
 #   BENCH_OUT      output directory (default /tmp/loom-bench-mtls-<date>-<pid>)
 # Output: the tables on stdout, and in BENCH_OUT: results.tsv (raw numbers, one
 #   "metric<TAB>mode<TAB>value" a line), table.txt, logs/ (tool outputs, loomd stderr
-#   and status JSON, HAProxy configs and show info, nginx log). A failed run still
-#   prints the table of what it measured.
+#   and status JSON, HAProxy configs and show info, nginx log). A client still running
+#   5 s past DURATION gets a snapshot (ss in C and S, both loomds' status) in logs/
+#   *-stalled*; a failed run still prints the table of what it measured.
 
 set -euo pipefail
 
@@ -840,7 +843,7 @@ echo "# elapsed_s=$(($(date +%s) - START))" >>"$RESULTS"
 "$PY" "$HELPERS/mtlslib.py" table "$RESULTS" >"$BENCH_OUT/table.txt"
 echo
 echo "Loom mTLS bench: loops/nbthread=$LOOPS for every proxy process (2 per proxied mode); ${DURATION}s per run; iperf3 median of $IPERF_REPEAT; wrk -t$WRK_THREADS -c$WRK_CONNS; nginx workers=$NGINX_WORKERS; $(nproc) CPUs shared by all."
-echo "haproxy-tls(reuse) = HAProxy's default (TLS session resumption between the HAProxies); haproxy-tls-noreuse = no-ssl-reuse (full handshakes, like Loom)."
+echo "haproxy-tls(reuse) = HAProxy's default (TLS session resumption between the HAProxies); haproxy-tls-noreuse = no-ssl-reuse (every connection a full handshake)."
 echo "Ratios: first mode / second; on LOWER-is-better rows inverted (second / first), so >= 1.00 always means the first mode is better."
 cat "$BENCH_OUT/table.txt"
 echo

@@ -31,7 +31,7 @@ ROWS = [
     ("wrk_close_requests", "wrk requests (= client connections)", ""),
     ("wrk_close_errors", "wrk socket errors + non-2xx (should be 0)", ""),
     ("vip_conns", "conns C made to the VIP (nft counter in C)", ""),
-    ("mtls_handshakes_per_conn", "full TLS handshakes per wrk connection", ""),
+    ("mtls_handshakes_per_conn", "TLS handshakes/conn (loom: all; haproxy: full)", ""),
     ("s_conns_tunnel", "conns into S on Loom's tunnel port 15008", ""),
     ("s_conns_tls", "conns into S on HAProxy's TLS ports", ""),
     ("s_conns_app", "conns into S on app ports (plaintext)", ""),
