@@ -128,6 +128,11 @@ extension Daemon {
                     ([("role", "server")], Double(loops.reduce(0) { $0 + $1.metrics.handshakesServer.value })),
                 ]
             )
+            p.counter(
+                "loom_tls_handshakes_resumed_total",
+                "Of the completed mTLS handshakes, those that resumed an earlier session (no certificate exchange).",
+                [([], Double(loops.reduce(0) { $0 + $1.metrics.handshakesResumed.value }))]
+            )
             var handshakes = Array(repeating: 0, count: bounds.count + 1)
             var handshakeSum = 0
             for loop in loops {

@@ -457,12 +457,13 @@ extension Daemon {
         let ca = certificates.authority
         let client = loops.reduce(0) { $0 + $1.metrics.handshakesClient.value }
         let server = loops.reduce(0) { $0 + $1.metrics.handshakesServer.value }
+        let resumed = loops.reduce(0) { $0 + $1.metrics.handshakesResumed.value }
         let buffers = loops.reduce(0) { $0 + $1.stats.snapshot().copyBuffers }
         return "{\"trust_domain\":\"\(jsonEscape(ca.trustDomain))\",\"ca\":\"\(jsonEscape(ca.subject))\","
             + "\"ca_sha256\":\"\(ca.fingerprint)\",\"ca_expires\":\(ca.notAfter),"
             + "\"certificate_seconds\":\(certificates.lifetimeSeconds),\"certificates_issued\":\(certificates.issuedCount),"
             + "\"rotation_failures\":\(certificates.failures),\"tunnel_port\":\(settings.relay.tunnelPort),"
-            + "\"handshakes_client\":\(client),\"handshakes_server\":\(server),\"copy_buffers\":\(buffers)}"
+            + "\"handshakes_client\":\(client),\"handshakes_server\":\(server),\"handshakes_resumed\":\(resumed),\"copy_buffers\":\(buffers)}"
     }
 
     /// A reload that was refused; the running snapshot stays.

@@ -173,6 +173,8 @@ public final class RelayMetrics: Sendable {
     /// and how long they took.
     public let handshakesClient = Counter()
     public let handshakesServer = Counter()
+    /// Of those, handshakes that resumed an earlier session (either role).
+    public let handshakesResumed = Counter()
     public let handshakeLatency = LatencyHistogram()
     public let decisions: [Counter] = RoutingDecision.allCases.map { _ in Counter() }
     public init() {}

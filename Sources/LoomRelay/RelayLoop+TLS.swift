@@ -131,6 +131,7 @@ extension RelayLoop {
         conn.tlsSummary?.cipher = tls.cipher
         conn.tlsSummary?.dataPath = kernel.send && kernel.receive ? "kernel" : "user"
         conn.tlsSummary?.resumed = tls.sessionReused
+        if tls.sessionReused { metrics.handshakesResumed.add() }
         // The handshake may have consumed the readiness edges: look again.
         setReadable(conn, conn.tlsSide, true)
         setWritable(conn, conn.tlsSide, true)

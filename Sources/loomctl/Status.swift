@@ -57,7 +57,7 @@ enum StatusText {
                 "mTLS         trust domain \(v(m, "trust_domain")), CA \(v(m, "ca")) (sha256 \(String(v(m, "ca_sha256").prefix(16)))…), tunnel port \(v(m, "tunnel_port"))"
             )
             lines.append(
-                "             certificates live \(v(m, "certificate_seconds")) s, \(v(m, "certificates_issued")) issued, \(v(m, "rotation_failures")) rotation failures; handshakes as client \(v(m, "handshakes_client")), as server \(v(m, "handshakes_server")); copy buffers in use \(v(m, "copy_buffers"))"
+                "             certificates live \(v(m, "certificate_seconds")) s, \(v(m, "certificates_issued")) issued, \(v(m, "rotation_failures")) rotation failures; handshakes as client \(v(m, "handshakes_client")), as server \(v(m, "handshakes_server")) (\(v(m, "handshakes_resumed")) resumed); copy buffers in use \(v(m, "copy_buffers"))"
             )
         } else {
             lines.append("mTLS         off (no mesh CA: start loomd with --ca-dir; `loomctl ca init` makes one)")

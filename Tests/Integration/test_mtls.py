@@ -206,7 +206,10 @@ def test_mtls_between_two_nodes_shows_both_identities(mesh):
         ta.stop()
         tb.stop()
     st = json.loads(mesh.b.ctl("status", "--json").stdout)
-    assert st["mtls"]["trust_domain"] == TD and st["mtls"]["handshakes_server"] >= 1, st["mtls"]
+    assert st["mtls"]["trust_domain"] == TD and st["mtls"]["handshakes_server"] >= 2, st["mtls"]
+    assert st["mtls"]["handshakes_resumed"] >= 1, st["mtls"]
+    metrics = mesh.b.ctl("metrics").stdout
+    assert 'loom_tls_handshakes_total{role="server"}' in metrics and "loom_tls_handshakes_resumed_total" in metrics
     pod = st["pods"][0]
     assert pod["identity"] == SERVER_ID and pod["certificateSerial"], pod
     human = mesh.b.ctl("status").stdout
