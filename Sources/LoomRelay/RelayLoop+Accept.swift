@@ -169,7 +169,7 @@ extension RelayLoop {
     /// the authorization policy denies a source without identity.
     private func inboundRefusal(_ pod: PodContext, _ destination: SocketAddress) -> CloseReason? {
         let snapshot = routing.snapshot
-        if snapshot.mtlsMode(namespace: pod.namespace) == .strict { return .plaintextRefused }
+        if !snapshot.mtlsMode(namespace: pod.namespace).acceptsPlaintext { return .plaintextRefused }
         let decision = snapshot.authorize(
             sourceIdentity: nil,
             sourceNamespace: nil,

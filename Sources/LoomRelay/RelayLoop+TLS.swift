@@ -60,8 +60,9 @@ extension RelayLoop {
     /// the tunnel; nil for plaintext (no identity, `mtls: false`, or no certificate).
     func tunnelPeer(_ conn: Connection, _ runtime: MeshRuntime, endpoint: Int) -> String? {
         let service = runtime.snapshot.services[conn.service]
-        guard service.policy.mtls, let identity = service.endpoints[endpoint].identity,
-            let context = conn.pod?.tls.context
+        let context = conn.pod?.tls.context
+        guard service.usesMTLS(to: service.endpoints[endpoint], nodeHasCA: context != nil),
+            let identity = service.endpoints[endpoint].identity, let context
         else { return nil }
         return SpiffeID.resolve(identity, trustDomain: context.certificate.identity.trustDomain)?.uri
     }
