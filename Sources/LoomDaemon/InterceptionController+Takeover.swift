@@ -40,17 +40,9 @@ extension InterceptionController {
                     continue
                 }
                 do {
-                    let netns = try NetworkNamespace.open(path)
-                    let context = PodContext(
-                        id: nextPodIdentifier(),
-                        name: path,
-                        netns: netns,
-                        namespace: entry.namespace,
-                        serviceAccount: entry.serviceAccount
-                    )
-                    try certificates?.issue(for: context)
+                    let context = try openPod(entry)
                     let runtime = PodRuntime(context: context)
-                    runtime.netfilter = try netns.withEntered { try NetfilterSocket() }
+                    runtime.netfilter = try context.netns.withEntered { try NetfilterSocket() }
                     var perLoop: [[PodListener]] = Array(repeating: [], count: loops.count)
                     for (i, listener) in handed.enumerated() {
                         perLoop[i % loops.count].append(

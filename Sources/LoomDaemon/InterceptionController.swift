@@ -314,16 +314,7 @@ final class InterceptionController: @unchecked Sendable {
         }
         if runtime == nil {
             do {
-                let netns = try NetworkNamespace.open(path)
-                let context = PodContext(
-                    id: nextPodIdentifier(),
-                    name: path,
-                    netns: netns,
-                    namespace: pod.namespace,
-                    serviceAccount: pod.serviceAccount
-                )
-                try certificates?.issue(for: context)
-                runtime = PodRuntime(context: context)
+                runtime = PodRuntime(context: try openPod(pod))
                 runtimes[path] = runtime
             } catch {
                 return PodError(netns: path, message: "\(error)")
@@ -353,6 +344,20 @@ final class InterceptionController: @unchecked Sendable {
         }
         runtime.changeMs = Double(SystemProcess.nowMicroseconds() - started) / 1000
         return nil
+    }
+
+    /// Opens the pod's netns as the loops will see it, with its workload certificate when
+    /// loomd has a CA.
+    func openPod(_ entry: PodEntry) throws -> PodContext {
+        let context = PodContext(
+            id: nextPodIdentifier(),
+            name: entry.netns,
+            netns: try NetworkNamespace.open(entry.netns),
+            namespace: entry.namespace,
+            serviceAccount: entry.serviceAccount
+        )
+        try certificates?.issue(for: context)
+        return context
     }
 
     /// Opens the pod's netlink socket and every loop's listeners inside its netns, then

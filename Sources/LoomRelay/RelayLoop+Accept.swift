@@ -110,26 +110,7 @@ extension RelayLoop {
             return
         }
 
-        let conn = takeSlot()
-        conn.pod = pod
-        pod.stats.active.add(1, ordering: .relaxed)
-        conn.client = fd
-        conn.clientAddress = clientAddress
-        conn.destination = destination
-        conn.state = ConnectionState(now: now)
-        conn.connectTimeoutMs = config.connectTimeoutMs
-        conn.capture = listener.kind
-        conn.openedAt = now
-        conn.connectMicros = -1
-        conn.route = -1
-        do {
-            try fd.setNoDelay()
-            let interest: EpollEvents = [.readable, .writable, .readHangup, .edgeTriggered]
-            try epoll.add(fd, interest: interest, token: conn.token(.client))
-        } catch {
-            close(conn, reason: connectFailure(error))
-            return
-        }
+        guard let conn = admit(fd, clientAddress, destination, listener) else { return }
         refreshRouting()
         if listener.kind == .inbound, let reason = inboundRefusal(pod, destination.address) {
             metrics.decided(.deniedPolicy)
@@ -182,16 +163,29 @@ extension RelayLoop {
     /// A connection on the tunnel port (15008) from another Loom node: the TLS handshake
     /// comes first; the tunnel header then says where it goes (RelayLoop+TLS.swift).
     private func openTunnel(client fd: FileDescriptor, peer: ClientAddress, listener: PodListener) {
-        let pod = listener.pod
+        // Until the tunnel header names it, the destination is where the tunnel arrived.
+        let local = OriginalDestination(fd.localAddress() ?? .v4(address: 0, port: 0))
+        guard let conn = admit(fd, peer, local, listener) else { return }
+        startHandshake(conn, side: .client)
+    }
+
+    /// Takes a slot for an accepted client socket and watches it; nil if watching failed
+    /// (the connection is closed then).
+    private func admit(
+        _ fd: FileDescriptor,
+        _ client: ClientAddress,
+        _ destination: OriginalDestination,
+        _ listener: PodListener
+    ) -> Connection? {
         let conn = takeSlot()
-        conn.pod = pod
-        pod.stats.active.add(1, ordering: .relaxed)
+        conn.pod = listener.pod
+        listener.pod.stats.active.add(1, ordering: .relaxed)
         conn.client = fd
-        conn.clientAddress = peer
-        conn.destination = OriginalDestination(fd.localAddress() ?? .v4(address: 0, port: 0))
+        conn.clientAddress = client
+        conn.destination = destination
         conn.state = ConnectionState(now: now)
         conn.connectTimeoutMs = config.connectTimeoutMs
-        conn.capture = .tunnel
+        conn.capture = listener.kind
         conn.openedAt = now
         conn.connectMicros = -1
         conn.route = -1
@@ -201,9 +195,9 @@ extension RelayLoop {
             try epoll.add(fd, interest: interest, token: conn.token(.client))
         } catch {
             close(conn, reason: connectFailure(error))
-            return
+            return nil
         }
-        startHandshake(conn, side: .client)
+        return conn
     }
 
     /// Maps a failed connect to a close reason, logging what to check.

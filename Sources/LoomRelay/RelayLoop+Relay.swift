@@ -229,9 +229,9 @@ extension RelayLoop {
         return nil
     }
 
-    /// Counts `n` bytes that reached the sink.
+    /// Counts `n` bytes that reached the sink (spliced, copied, or decrypted and sent).
     @inline(__always)
-    private func relayed(_ n: Int, outbound: Bool, _ conn: Connection) {
+    func relayed(_ n: Int, outbound: Bool, _ conn: Connection) {
         conn.state.touched(now: now)
         if outbound { counters.bytesOutbound &+= UInt64(n) } else { counters.bytesInbound &+= UInt64(n) }
         // Shared counters for metrics and `loomctl top`: one relaxed add each.

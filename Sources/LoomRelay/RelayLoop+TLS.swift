@@ -60,9 +60,10 @@ extension RelayLoop {
     /// the tunnel; nil for plaintext (no identity, `mtls: false`, or no certificate).
     func tunnelPeer(_ conn: Connection, _ runtime: MeshRuntime, endpoint: Int) -> String? {
         let service = runtime.snapshot.services[conn.service]
-        let context = conn.pod?.tls.context
-        guard service.usesMTLS(to: service.endpoints[endpoint], nodeHasCA: context != nil),
-            let identity = service.endpoints[endpoint].identity, let context
+        let target = service.endpoints[endpoint]
+        // The identity first: a plaintext endpoint costs no lock.
+        guard let identity = target.identity, let context = conn.pod?.tls.context,
+            service.usesMTLS(to: target, nodeHasCA: true)
         else { return nil }
         return SpiffeID.resolve(identity, trustDomain: context.certificate.identity.trustDomain)?.uri
     }
@@ -276,7 +277,7 @@ extension RelayLoop {
                     let own = min(n, flow.uncounted)
                     flow.uncounted -= own
                     flow.bytes &+= UInt64(n - own)
-                    relayedCopy(n - own, outbound: outbound, conn)
+                    relayed(n - own, outbound: outbound, conn)
                     if flow.start == flow.end {
                         returnCopyBuffer(flow.buffer!)
                         flow.buffer = nil
@@ -429,21 +430,6 @@ extension RelayLoop {
             return side == .client ? .clientReset : .upstreamReset
         default:
             return .error(call: "\(call) (\(failure.reason))", errno: failure.errno)
-        }
-    }
-
-    @inline(__always)
-    private func relayedCopy(_ n: Int, outbound: Bool, _ conn: Connection) {
-        conn.state.touched(now: now)
-        if outbound { counters.bytesOutbound &+= UInt64(n) } else { counters.bytesInbound &+= UInt64(n) }
-        if let pod = conn.pod { (outbound ? pod.stats.bytesOut : pod.stats.bytesIn).add(n) }
-        if conn.countedInService, let runtime = conn.runtime {
-            let counters = runtime.counters[conn.service]
-            if outbound {
-                counters.bytesOut.add(UInt64(n), ordering: .relaxed)
-            } else {
-                counters.bytesIn.add(UInt64(n), ordering: .relaxed)
-            }
         }
     }
 

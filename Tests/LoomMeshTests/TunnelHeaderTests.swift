@@ -387,10 +387,10 @@ enum ProxyV2 {
         ]
         var sink = 0
         var buffer = [UInt8](repeating: 0, count: 64)
-        _ = Self.allocations()  // the first read sets the counter up
-        let start = Self.allocations()
-        let baseline = Self.allocations() - start
-        let before = Self.allocations()
+        _ = BalancerAllocationTests.allocations()  // the first read sets the counter up
+        let start = BalancerAllocationTests.allocations()
+        let baseline = BalancerAllocationTests.allocations() - start
+        let before = BalancerAllocationTests.allocations()
         for _ in 0..<10_000 {
             for input in inputs {
                 input.withUnsafeBytes {
@@ -404,27 +404,8 @@ enum ProxyV2 {
                 }
             }
         }
-        let used = Self.allocations() - before - baseline
+        let used = BalancerAllocationTests.allocations() - before - baseline
         #expect(sink != 0)
         #expect(used == 0)
-    }
-
-    /// The counter's total so far: it writes it to the file on SIGURG (reading allocates
-    /// nothing).
-    static func allocations() -> Int {
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        sigaddset(&signals, SIGURG)
-        pthread_sigmask(SIG_UNBLOCK, &signals, nil)  // test threads may block it
-        raise(SIGURG)
-        let fd = open(getenv("LOOM_MALLOC_COUNT_FILE"), O_RDONLY)
-        defer { close(fd) }
-        var buffer: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        return withUnsafeMutableBytes(of: &buffer) { raw in
-            let n = read(fd, raw.baseAddress, raw.count)
-            var value = 0
-            for i in 0..<max(n, 0) where raw[i] >= 48 && raw[i] <= 57 { value = value * 10 + Int(raw[i] - 48) }
-            return value
-        }
     }
 }
